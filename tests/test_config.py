@@ -1,0 +1,71 @@
+import pytest
+import yaml
+
+from hybridtune.config import ConfigError, RunConfig, load_config, parse_override, save_config
+from hybridtune.config_schema import to_dict
+
+
+def test_defaults_validate_and_round_trip(tmp_path):
+    cfg = load_config()
+    assert isinstance(cfg, RunConfig)
+    path = tmp_path / "run.yaml"
+    save_config(cfg, path)
+    saved = yaml.safe_load(path.read_text())
+    assert saved["hybridtune_version"]
+    assert to_dict(load_config(path)) == to_dict(cfg)
+
+
+def test_both_override_forms_and_yaml_values():
+    cfg = load_config(None, ["trainer.steps=7", "--adapter.r=4", "--conversion.coverage=[ffn_act]",
+                             "learners.0.lr=0.5", "--tracking.tags=[a, b]", "conversion.max_spikes=null"])
+    assert cfg.trainer.steps == 7 and cfg.adapter.r == 4
+    assert cfg.conversion.coverage == ["ffn_act"] and cfg.learners[0].lr == 0.5
+    assert cfg.tracking.tags == ["a", "b"] and cfg.conversion.max_spikes is None
+
+
+def test_booleans_and_nested_keys():
+    cfg = load_config(None, ["--trainer.overwrite=true", "conversion.compensation=False"])
+    assert cfg.trainer.overwrite is True and cfg.conversion.compensation is False
+
+
+def test_misspelt_key_in_file_names_file_key_and_nearest(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("trainer:\n  stpes: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert str(path) in msg and "trainer.stpes" in msg and "did you mean 'steps'" in msg
+
+
+def test_misspelt_override_key():
+    with pytest.raises(ConfigError, match="adapter.nueron: unknown key; did you mean 'neuron'"):
+        load_config(None, ["adapter.nueron=lif"])
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("adapter.r=abc", "expected an integer"),
+    ("adapter.r=0", "rank must be >= 1"),
+    ("conversion.coverage=[ffn]", "did you mean 'ffn_act'"),
+    ("tracking.mode=online2", "allowed: 'online', 'offline', 'disabled'"),
+    ("trainer.overwrite=yes_please", "expected true or false"),
+    ("adapter.dropout=1.5", "must be in [0, 1)"),
+])
+def test_wrong_types_and_impossible_values(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert fragment in str(err.value)
+
+
+def test_impossible_combination():
+    with pytest.raises(ConfigError, match="exclude each other"):
+        load_config(None, ["trainer.overwrite=true", "trainer.resume=true"])
+
+
+def test_parse_override_rejects_missing_equals():
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        parse_override("--trainer.steps")
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
