@@ -34,18 +34,18 @@ def _fail(message: str) -> int:
 def evaluate(args: argparse.Namespace) -> dict:
     """Load, pack, evaluate; returns the result dict that is printed and written."""
     from .. import __version__
-    from ..data import corpus, pack
+    from ..data import available_corpora, corpus, pack
     from ..models import load_model, load_tokenizer
     from ..perplexity import perplexity
     from .doctor import collect
 
-    data = corpus(args.data, text_field=args.text_field) if Path(args.data).suffix in (".jsonl", ".parquet") \
-        else corpus(args.data)
+    data = corpus(args.data) if args.data in available_corpora() else corpus(args.data, text_field=args.text_field)
     tokenizer = load_tokenizer(args.model)
     blocks = pack(tokenizer, data.documents(args.split), args.block_size, max_tokens=args.max_tokens)
     model = load_model(args.model)
     result: dict = {"model": args.model, "data": data.name, "split": args.split,
-                    "content_hash": data.content_hash(args.split), "block_size": args.block_size}
+                    "content_hash": data.content_hash(args.split), "corpus": data.describe(),
+                    "block_size": args.block_size}
     context = None
     if args.spiking:
         from ..convert import load_spiking

@@ -1,0 +1,101 @@
+"""The graded multi-threshold neuron for T = 1: one signed integer spike count per neuron per token.
+
+Example:
+    >>> import torch
+    >>> from hybridtune.neurons import GradedNeuron, StaticThreshold, SpikeStats
+    >>> n = GradedNeuron(StaticThreshold(torch.tensor(1.0)), counting="base2")
+    >>> n.stats = SpikeStats()
+    >>> n(torch.tensor([0.4, 1.6, -2.6, 7.0])).tolist()
+    [0.0, 2.0, -3.0, 7.0]
+    >>> n.stats.spikes, n.stats.silent, n.stats.neuron_steps
+    (6.0, 1, 4)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .functional import COUNTINGS, _check_choice, graded_quantize, spike_count
+from .stats import SpikeStats, record_spikes
+from .thresholds import ThresholdStrategy
+
+
+def _quantize_dequantize(
+    v: Tensor, theta: Tensor, max_spikes: int | None, on_counts: Callable[[Tensor], None] | None
+) -> Tensor:
+    q = graded_quantize(v, theta, max_spikes)  # fresh tensor: safe to reuse in place below
+    if on_counts is not None:
+        on_counts(q)
+    return q.mul_(theta)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: ``q * theta``. Backward: identity to ``v`` (straight-through), nothing to ``theta``."""
+
+    @staticmethod
+    def forward(ctx, v, theta, max_spikes, on_counts):  # noqa: D401 - autograd signature
+        return _quantize_dequantize(v, theta, max_spikes, on_counts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None, None
+
+
+class GradedNeuron(nn.Module):
+    """Graded spiking neuron: ``q = clamp(round(v / theta), -n, n)``, returns ``q * theta`` (what the next layer sees).
+
+    Args:
+        threshold: a ``ThresholdStrategy`` (``StaticThreshold`` per channel, ``DynamicThreshold`` per token).
+            ``nn.Module`` strategies are registered as the submodule ``threshold`` (their buffers save and move).
+        max_spikes: cap ``n`` on ``|q|`` (None: no cap; LLM outlier channels need none).
+        counting: ``"unary"`` (``|q|`` spikes) or ``"base2"`` (``popcount(|q|)`` spikes: thresholds theta,
+            2 theta, 4 theta, ...). Counting changes the spike statistics, not the value.
+
+    The backward is straight-through (identity to ``v``) so adapters in earlier layers receive gradients; the
+    threshold gets none. When ``stats`` is a ``SpikeStats``, each forward adds its spikes, neuron-steps, silent
+    neuron-steps and SOPs (``spikes * fan_out``) -- except forwards re-run by gradient checkpointing inside the
+    backward pass (see ``stats.recomputing``). ``fan_out`` is set by the layer that consumes the spikes.
+
+    Example:
+        >>> from hybridtune.neurons import DynamicThreshold
+        >>> GradedNeuron(DynamicThreshold("mean_abs", divisor=2.0))(torch.tensor([[1.0, -3.0]])).tolist()
+        [[1.0, -3.0]]
+    """
+
+    def __init__(self, threshold: ThresholdStrategy, max_spikes: int | None = None, counting: str = "unary"):
+        super().__init__()
+        if not callable(threshold):
+            raise TypeError(f"threshold must be a ThresholdStrategy (callable v -> theta); got {type(threshold)}")
+        _check_choice(counting, COUNTINGS, "counting")
+        if max_spikes is not None and max_spikes < 0:
+            raise ValueError(f"max_spikes={max_spikes} must be >= 0 or None (no cap)")
+        self.threshold = threshold
+        self.max_spikes = max_spikes
+        self.counting = counting
+        self.stats: SpikeStats | None = None
+        self.fan_out: int = 1
+
+    def quantize(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Integer spike counts and threshold ``(q, theta)`` for ``v`` (no statistics, no gradient)."""
+        with torch.no_grad():
+            theta = self.threshold(v)
+            return graded_quantize(v, theta, self.max_spikes), theta
+
+    def _count(self, q: Tensor) -> None:
+        counts = None if self.counting == "unary" else spike_count(q, self.counting)
+        record_spikes(self.stats, q, self.fan_out, counts)
+
+    def forward(self, v: Tensor) -> Tensor:
+        with torch.no_grad():  # the threshold gets no gradient: don't record (or save v for) its graph
+            theta = self.threshold(v)
+        on_counts = self._count if self.stats is not None else None
+        if torch.is_grad_enabled() and v.requires_grad:
+            return _StraightThrough.apply(v, theta, self.max_spikes, on_counts)
+        with torch.no_grad():
+            return _quantize_dequantize(v, theta, self.max_spikes, on_counts)
+
+    def extra_repr(self) -> str:
+        return f"max_spikes={self.max_spikes}, counting={self.counting!r}, fan_out={self.fan_out}"

@@ -1,0 +1,48 @@
+import json
+import subprocess
+import sys
+
+from hybridtune.cli import main
+
+
+def test_help_lists_commands_and_quick_start(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    for name in ("doctor", "validate", "eval"):
+        assert name in out
+    assert "quick start" in out
+
+
+def test_console_script_help_runs():
+    out = subprocess.run([sys.executable, "-m", "hybridtune.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "COMMAND" in out.stdout
+
+
+def test_doctor_json(capsys):
+    assert main(["doctor", "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["packages"]["torch"].startswith("2.")
+    assert "op_backends" in facts and "default_model" in facts
+
+
+def test_validate_good_and_misspelt(tmp_path, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text("trainer:\n  steps: 3\n")
+    assert main(["validate", str(good), "--adapter.r=4"]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("adapter:\n  nueron: lif\n")
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "adapter.nueron" in err and "did you mean 'neuron'" in err and str(bad) in err
+
+
+def test_validate_bad_override_value_exits_2(tmp_path, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text("{}\n")
+    assert main(["validate", str(good), "trainer.steps=many"]) == 2
+    assert "trainer.steps" in capsys.readouterr().err
+
+
+def test_unknown_command_exits_2():
+    out = subprocess.run([sys.executable, "-m", "hybridtune.cli", "frobnicate"], capture_output=True, text=True)
+    assert out.returncode == 2
