@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -95,17 +96,45 @@ class AdapterSection:
 
 @dataclass
 class LearnerSpec:
-    """One learner and the adapter parameters it owns (a regex on parameter names, or ``all``)."""
+    """One learner and the adapter parameters it owns.
+
+    ``params``: ``all``, ``rest`` (what no other learner claims), a regex searched in parameter names (``lora_A``)
+    or a list of regexes. ``options`` are passed to the learner's factory (e.g. ``optimizer: SGD``,
+    ``max_grad_norm: null``, ``scheduler_kwargs: {...}``).
+    """
 
     name: str = "surrogate"
-    params: str = "all"
+    params: str | list[str] = "all"
     lr: float = 1e-3
     options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        import re
+
+        if not self.name:
+            raise ConfigError("empty; name a learner (e.g. surrogate)", "name")
+        if self.lr <= 0:
+            raise ConfigError(f"got {self.lr}; must be > 0", "lr")
+        patterns = [self.params] if isinstance(self.params, str) else self.params
+        if not patterns:
+            raise ConfigError("empty; use all, rest, a regex or a list of regexes", "params")
+        for p in patterns:
+            if p in ("all", "rest"):
+                continue
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ConfigError(f"{p!r} is not a valid regex ({exc}); use all, rest or a regex such as lora_A",
+                                  "params") from None
 
 
 @dataclass
 class DataSection:
-    """Training / evaluation corpus: a built-in domain name or a path (txt, jsonl, parquet)."""
+    """Training / evaluation corpus: a built-in domain name or a path (txt, jsonl, parquet).
+
+    Held-out blocks come from the ``eval`` split of ``train`` unless ``eval`` names another corpus (all of it is
+    then held out); at most ``eval_tokens`` tokens are evaluated.
+    """
 
     train: str = "python-docs"
     eval: str | None = None  # None: the held-out split of ``train``
@@ -119,11 +148,20 @@ class DataSection:
             raise ConfigError(f"got {self.block_size}; must be >= 2", "block_size")
         if self.eval_tokens < 2:
             raise ConfigError(f"got {self.eval_tokens}; must be >= 2", "eval_tokens")
+        if self.max_train_tokens is not None and self.max_train_tokens < self.block_size:
+            raise ConfigError(f"got {self.max_train_tokens}; must be >= data.block_size ({self.block_size}) or null",
+                              "max_train_tokens")
 
 
 @dataclass
 class TrainerSection:
-    """The Accelerate loop: steps, batching, schedule, evaluation, checkpoints."""
+    """The Accelerate loop: steps, batching, schedule, evaluation, checkpoints.
+
+    ``steps`` counts optimizer steps; each takes ``grad_accum`` micro-batches of ``batch_size`` blocks per process.
+    ``scheduler`` / ``warmup_steps`` / ``weight_decay`` / ``max_grad_norm`` are the defaults of optimizer-based
+    learners (a learner's ``options`` override them). ``eval_every`` / ``save_every`` are in steps;
+    ``early_stopping_patience`` in evaluations without improvement (null: never stop early).
+    """
 
     output_dir: str = "runs/default"
     overwrite: bool = False
@@ -135,7 +173,7 @@ class TrainerSection:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     weight_decay: float = 0.0
     warmup_steps: int = 0
-    scheduler: Literal["constant", "linear", "cosine"] = "cosine"
+    scheduler: Literal["constant", "linear", "cosine", "polynomial", "inverse_sqrt"] = "cosine"
     max_grad_norm: float | None = 1.0
     eval_every: int = 50
     early_stopping_patience: int | None = None
@@ -150,17 +188,34 @@ class TrainerSection:
         if self.overwrite and self.resume:
             raise ConfigError("overwrite and resume exclude each other: resume continues the run in output_dir, "
                               "overwrite deletes it", "overwrite")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"got {self.warmup_steps}; must be >= 0", "warmup_steps")
+        if self.weight_decay < 0:
+            raise ConfigError(f"got {self.weight_decay}; must be >= 0", "weight_decay")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ConfigError(f"got {self.max_grad_norm}; must be > 0 or null (no clipping)", "max_grad_norm")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ConfigError(f"got {self.early_stopping_patience}; must be >= 1 or null", "early_stopping_patience")
+        if not self.output_dir:
+            raise ConfigError("empty; name the run's output directory", "output_dir")
 
 
 @dataclass
 class TrackingSection:
-    """Where metrics go: W&B (online / offline / disabled), TensorBoard, or nowhere."""
+    """Where metrics go: W&B (online / offline / disabled), TensorBoard, or nowhere (``metrics.jsonl`` always).
+
+    ``WANDB_MODE`` in the environment, when set, overrides ``mode``.
+    """
 
     backend: Literal["wandb", "tensorboard", "none"] = "wandb"
     mode: Literal["online", "offline", "disabled"] = "offline"
     project: str = "hybridtune"
     run_name: str | None = None
     tags: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if not self.project:
+            raise ConfigError("empty; name a W&B project", "project")
 
 
 @dataclass
@@ -201,7 +256,23 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
-    return key, value
+    return key, _python_scalar(value)
+
+
+_FLOAT = re.compile(r"^[-+]?((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|inf|nan)$", re.IGNORECASE)
+
+
+def _python_scalar(value: Any) -> Any:
+    """Undo what ``str()`` does to Python values on the way through W&B's ``${args}``.
+
+    YAML 1.1 reads ``1e-05`` (no dot) and ``inf`` as strings, and ``str(None)`` is ``'None'``; sweeps produce all three.
+    """
+    if isinstance(value, str):
+        if value == "None":
+            return None
+        if _FLOAT.match(value) and not value.isdigit():
+            return float(value)
+    return value
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:

@@ -69,3 +69,14 @@ def test_parse_override_rejects_missing_equals():
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("raw, expected", [("1e-05", 1e-05), ("1e+20", 1e20), ("inf", float("inf")), ("None", None),
+                                           ("3", 3), ("0.5", 0.5), ("lif", "lif")])
+def test_override_values_survive_the_wandb_args_round_trip(raw, expected):
+    # W&B's ${args} writes --key=str(value); YAML alone would read 1e-05 and inf as strings
+    assert parse_override(f"--learners.0.lr={raw}")[1] == expected
+
+
+def test_sweep_style_learning_rate_reaches_the_config():
+    assert load_config(None, ["--learners.0.lr=1e-05"]).learners[0].lr == 1e-05
