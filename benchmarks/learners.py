@@ -1,0 +1,321 @@
+"""Learners on the converted default model: held-out perplexity reached, time and peak memory per step vs surrogate.
+
+Every variant trains the same spiking LoRA adapters (same rank, targets, neuron, initialisation per seed) on the same
+python-docs blocks for the same number of optimizer steps (same token budget), through the library's ``Trainer``:
+
+* ``surrogate`` -- backprop with the surrogate gradient (AdamW); the yardstick of the time / memory ratios;
+* ``stdp`` -- pair STDP on all factors (no backward pass);
+* ``rstdp`` -- reward-modulated STDP, per-token log-likelihood reward, escape-noise policy gradient for ``lora_A``;
+* ``mix_stdp_surrogate`` -- STDP on ``lora_A``, surrogate on ``lora_B`` and the neurons;
+* ``mix_rstdp_surrogate`` -- R-STDP on ``lora_A`` / ``lora_B``, surrogate on the neurons' thresholds / decays;
+* ``lora_ann`` -- plain peft LoRA on the unconverted ANN with the surrogate's optimizer (the outer yardstick; its
+  perplexity is on the ANN, so it is not a ratio partner).
+
+Per step: wall time of ``Trainer.train_step`` and its peak heap above the level before the step (a background thread
+reads glibc's ``mallinfo2`` every 0.2 ms: every CPU tensor, autograd's saved activations, spike records). Ratios are
+medians over steps (the first step, a warm-up, excluded) of a variant over the surrogate of the same seed, then the
+median over seeds. Held-out perplexity: after training, on the same held-out blocks for every variant; ``base_ppl``
+is the converted model before any adapter, ``start_ppl`` the converted model with the initialised adapters.
+
+Writes ``benchmarks/results/learners.json``: ``rows`` (one per learner: ``learner``, ``ppl_mean``, ``ppl_std``,
+``time_ratio``, ``memory_ratio``, plus per-seed values and absolute numbers), ``base_ppl``, ``seeds``, the settings,
+machine, command and the verdicts against the targets (stdp / rstdp steps <= 0.6x time and <= 0.5x memory of a
+surrogate step; rstdp lowers held-out ppl by more than the seed spread; best mix within 2 % of surrogate's ppl).
+
+Usage: python benchmarks/learners.py [--quick] [--seeds 0 1 2] [--steps 10] [--variants surrogate stdp ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from hybridtune import __version__
+
+TARGETS = {"time_ratio": 0.6, "memory_ratio": 0.5, "mix_within": 0.02}
+VARIANTS = ("surrogate", "stdp", "rstdp", "mix_stdp_surrogate", "mix_rstdp_surrogate", "lora_ann")
+RESULT = Path(__file__).parent / "results" / "learners.json"
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+_LIBC = ctypes.CDLL("libc.so.6")
+_LIBC.mallinfo2.restype = _MallInfo2
+
+
+def heap_in_use() -> int:
+    info = _LIBC.mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
+class PeakSampler:
+    """Highest ``heap_in_use()`` seen by a background thread while the block runs."""
+
+    def __init__(self, interval: float = 1e-3):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, heap_in_use())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakSampler:
+        gc.collect()
+        self.start = heap_in_use()
+        self.peak = self.start
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, heap_in_use())
+
+
+def learners_for(variant: str, args) -> list:
+    from hybridtune.learners import SurrogateLearner
+    from hybridtune.learners.rstdp import RSTDPLearner
+    from hybridtune.learners.stdp import STDPLearner
+
+    def surrogate(params="all"):
+        return SurrogateLearner(params=params, lr=args.lr, scheduler="constant", max_grad_norm=1.0)
+
+    stdp = dict(tau_pre=args.tau, tau_post=args.tau, a_minus=1.0, max_update_norm=args.clip, oja=args.oja)
+    rstdp = dict(tau_pre=args.tau, tau_post=args.tau, gamma=args.gamma, escape=True, baseline="token_ema",
+                 temperature=args.temperature, max_update_norm=args.clip, normalize_advantage=True)
+    if variant in ("surrogate", "lora_ann"):
+        return [surrogate()]
+    if variant == "stdp":
+        return [STDPLearner(params="all", lr=args.stdp_lr, **stdp)]
+    if variant == "rstdp":
+        return [RSTDPLearner(params="all", lr=args.rstdp_lr, **rstdp)]
+    if variant == "mix_stdp_surrogate":
+        return [STDPLearner(params="lora_A", lr=args.stdp_lr, **stdp), surrogate("rest")]
+    if variant == "mix_rstdp_surrogate":
+        return [RSTDPLearner(params="lora_A|lora_B", lr=args.rstdp_lr, **rstdp), surrogate("rest")]
+    raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+
+
+def make_trainer_class():
+    from hybridtune.trainers import Trainer
+
+    class MeasuredTrainer(Trainer):
+        """Records wall time and peak heap of every ``train_step``."""
+
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.step_seconds: list[float] = []
+            self.step_peaks: list[int] = []
+
+        def train_step(self):
+            start = time.perf_counter()
+            with PeakSampler() as mem:
+                logs = super().train_step()
+            self.step_seconds.append(time.perf_counter() - start)
+            self.step_peaks.append(mem.peak - mem.start)
+            return logs
+
+    return MeasuredTrainer
+
+
+def run_variant(variant: str, seed: int, snn, ann, train, held, args, workdir: Path) -> dict:
+    from accelerate.utils import set_seed
+
+    from hybridtune.adapters import get_spiking_peft_model
+    from hybridtune.config import RunConfig
+
+    cfg = RunConfig()
+    t = cfg.trainer
+    t.output_dir = str(workdir / f"{variant}-{seed}")
+    t.steps, t.batch_size, t.seed, t.scheduler = args.steps, args.batch_size, seed, "constant"
+    t.eval_every = t.save_every = args.steps
+    cfg.tracking.backend = "none"
+    set_seed(seed)
+    if variant == "lora_ann":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(copy.deepcopy(ann), LoraConfig(r=args.rank, lora_alpha=2 * args.rank,
+                                                              target_modules=list(args.targets)))
+    else:
+        model = get_spiking_peft_model(copy.deepcopy(snn), adapter_config(args))
+    trainer = make_trainer_class()(model, cfg, learners=learners_for(variant, args), train_data=train)
+    started = time.perf_counter()
+    trainer.fit()
+    train_s = time.perf_counter() - started
+    ppl = trainer.evaluate(held)["eval/ppl"]
+    metrics = {k: v for k, v in trainer.learners[0].metrics().items() if isinstance(v, float)}
+    out = {"variant": variant, "seed": seed, "ppl": ppl, "step_s": trainer.step_seconds,
+           "peak_bytes": trainer.step_peaks, "train_s": round(train_s, 2), "metrics": metrics}
+    del trainer, model
+    gc.collect()
+    return out
+
+
+def adapter_config(args):
+    from hybridtune.adapters import spiking_lora_config
+
+    return spiking_lora_config(r=args.rank, alpha=2 * args.rank, target_modules=list(args.targets), neuron=args.neuron,
+                               threshold=args.threshold, init_b_std=args.init_b_std)
+
+
+def median_after_warmup(values: list[float]) -> float:
+    return statistics.median(values[1:] if len(values) > 1 else values)
+
+
+def summarise(runs: list[dict], seeds: list[int], base_ppl: float, start_ppl: dict[int, float], args) -> dict:
+    rows = []
+    by = {(r["variant"], r["seed"]): r for r in runs}
+    for variant in [v for v in VARIANTS if any(r["variant"] == v for r in runs)]:
+        mine = [by[(variant, s)] for s in seeds if (variant, s) in by]
+        ppls = [r["ppl"] for r in mine]
+        time_r, mem_r = [], []
+        for r in mine:
+            ref = by.get(("surrogate", r["seed"]))
+            if ref is not None:
+                time_r.append(median_after_warmup(r["step_s"]) / median_after_warmup(ref["step_s"]))
+                mem_r.append(median_after_warmup(r["peak_bytes"]) / median_after_warmup(ref["peak_bytes"]))
+        rows.append({
+            "learner": variant, "ppl_mean": statistics.fmean(ppls),
+            "ppl_std": statistics.stdev(ppls) if len(ppls) > 1 else 0.0,
+            "time_ratio": statistics.median(time_r) if time_r else None,
+            "memory_ratio": statistics.median(mem_r) if mem_r else None,
+            "ppl_per_seed": ppls, "step_s_median": statistics.median(median_after_warmup(r["step_s"]) for r in mine),
+            "peak_mb_median": statistics.median(median_after_warmup(r["peak_bytes"]) for r in mine) / 2**20,
+            "train_s": [r["train_s"] for r in mine], "final_metrics_seed0": mine[0]["metrics"],
+            "on": "ANN (peft LoRA)" if variant == "lora_ann" else "converted spiking model",
+        })
+    return {"rows": rows, "verdicts": verdicts(rows, start_ppl)}
+
+
+def verdicts(rows: list[dict], start_ppl: dict[int, float]) -> dict:
+    by = {r["learner"]: r for r in rows}
+    out: dict[str, str] = {}
+    for name in ("stdp", "rstdp"):
+        r = by.get(name)
+        if r is None or r["time_ratio"] is None:
+            continue
+        ok_t, ok_m = r["time_ratio"] <= TARGETS["time_ratio"], r["memory_ratio"] <= TARGETS["memory_ratio"]
+        out[f"{name}_time"] = f"{'met' if ok_t else 'MISSED'}: {r['time_ratio']:.3f} (target <= 0.6)"
+        out[f"{name}_memory"] = f"{'met' if ok_m else 'MISSED'}: {r['memory_ratio']:.3f} (target <= 0.5)"
+    r = by.get("rstdp")
+    if r is not None and start_ppl:
+        start = statistics.fmean(start_ppl.values())
+        drop = start - r["ppl_mean"]
+        spread = r["ppl_std"]
+        out["rstdp_lowers_ppl"] = (f"{'met' if drop > spread else 'MISSED'}: start {start:.4f} -> "
+                                   f"{r['ppl_mean']:.4f} (drop {drop:+.4f}, seed spread {spread:.4f})")
+    mixes = [by[n] for n in by if n.startswith("mix_")]
+    if mixes and "surrogate" in by:
+        best = min(mixes, key=lambda m: m["ppl_mean"])
+        gap = best["ppl_mean"] / by["surrogate"]["ppl_mean"] - 1.0
+        out["best_mix_within_2pct"] = (f"{'met' if gap <= TARGETS['mix_within'] else 'MISSED'}: {best['learner']} "
+                                       f"{best['ppl_mean']:.4f} vs surrogate {by['surrogate']['ppl_mean']:.4f} "
+                                       f"({100 * gap:+.2f} %)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="2 seeds, 4 steps, shorter blocks (a smoke run)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--block-size", type=int, default=128)
+    p.add_argument("--eval-tokens", type=int, default=1024)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--targets", nargs="+", default=["q_proj", "v_proj", "up_proj", "down_proj"])
+    p.add_argument("--neuron", default="lif", choices=["lif", "mt", "heaviside"])
+    p.add_argument("--threshold", type=float, default=0.05)
+    p.add_argument("--init-b-std", type=float, default=0.002)
+    p.add_argument("--lr", type=float, default=1e-3, help="surrogate / peft LoRA learning rate (AdamW)")
+    p.add_argument("--stdp-lr", type=float, default=1e-4)
+    p.add_argument("--rstdp-lr", type=float, default=1e-3)
+    p.add_argument("--tau", type=float, default=8.0)
+    p.add_argument("--gamma", type=float, default=0.9)
+    p.add_argument("--temperature", type=float, default=0.5)
+    p.add_argument("--clip", type=float, default=0.01, help="plastic learners' per-layer max update norm")
+    p.add_argument("--oja", type=float, default=0.0)
+    p.add_argument("--out", type=Path, default=RESULT)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds, args.steps, args.block_size, args.eval_tokens = args.seeds[:2], 4, 64, 512
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+    from hybridtune.config import ConversionSection
+    from hybridtune.data import corpus, pack
+    from hybridtune.models import load_model, load_tokenizer
+    from hybridtune.trainers import evaluate_perplexity
+    from hybridtune.trainers.cache import cached_conversion
+
+    started = time.perf_counter()
+    tokenizer = load_tokenizer("default")
+    domain = corpus("python-docs")
+    needed = args.steps * args.batch_size * args.block_size * 2
+    train = pack(tokenizer, domain.documents("train"), args.block_size, max_tokens=needed)
+    held = pack(tokenizer, domain.documents("eval"), args.block_size, max_tokens=args.eval_tokens).as_dict()
+    ann = load_model("default")
+    snn, _ = cached_conversion(copy.deepcopy(ann), ConversionSection(), tokenizer)
+    base_ppl = evaluate_perplexity(snn, held, args.batch_size)["ppl"]
+    print(f"base (converted, no adapter) ppl {base_ppl:.4f}", flush=True)
+    runs, start_ppl = [], {}
+    from hybridtune.adapters import get_spiking_peft_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            torch.manual_seed(seed)
+            fresh = get_spiking_peft_model(copy.deepcopy(snn), adapter_config(args))
+            start_ppl[seed] = evaluate_perplexity(fresh, held, args.batch_size, keys=("input_ids", "attention_mask",
+                                                                                      "doc_start"))["ppl"]
+            del fresh
+            print(f"seed {seed}: start ppl (adapters initialised) {start_ppl[seed]:.4f}", flush=True)
+            for variant in args.variants:
+                r = run_variant(variant, seed, snn, ann, train, held, args, Path(tmp))
+                runs.append(r)
+                print(f"seed {seed} {variant:22s} ppl {r['ppl']:.4f}  step {median_after_warmup(r['step_s']):.2f}s "
+                      f"peak {median_after_warmup(r['peak_bytes']) / 2**20:.0f} MB  ({r['train_s']:.0f}s)", flush=True)
+    summary = summarise(runs, args.seeds, base_ppl, start_ppl, args)
+    result = {
+        "benchmark": "learners", "model": "default (SmolLM2-135M-Instruct, converted: ffn_act + linear_inputs, "
+        "dynamic thresholds)", "data": {"corpus": "python-docs", "content_hash": domain.content_hash("train"),
+                                       "train_tokens_per_run": args.steps * args.batch_size * args.block_size,
+                                       "eval_tokens": int(held["attention_mask"].sum())},
+        "base_ppl": base_ppl, "start_ppl": start_ppl, "seeds": args.seeds, **summary,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "targets": TARGETS, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__, "hybridtune": __version__, "wall_s": round(time.perf_counter() - started, 1),
+        "command": "python benchmarks/learners.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "load_average_1min": os.getloadavg()[0],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    for row in summary["rows"]:
+        tr = "-" if row["time_ratio"] is None else f"{row['time_ratio']:.3f}"
+        mr = "-" if row["memory_ratio"] is None else f"{row['memory_ratio']:.3f}"
+        print(f"{row['learner']:22s} ppl {row['ppl_mean']:.4f} ± {row['ppl_std']:.4f}  time x{tr}  memory x{mr}")
+    for k, v in summary["verdicts"].items():
+        print(f"{k}: {v}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

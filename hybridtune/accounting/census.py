@@ -1,0 +1,318 @@
+"""Operation census of one forward: what the ANN would compute, and what the spiking model still does in float.
+
+Forward hooks count, per layer and per named op, the ANN's MACs / adds and the spiking model's remaining float
+MACs / adds; ops whose input is spikes are marked *spike-driven* (their work is the SOPs the encoders count).
+Modules are recognised by type and by the duck-typed markers conversion sets (``hybridtune_spike_input``, a
+``hybridtune_encoder`` child on an activation whose output is encoded, ``hybridtune_attention`` on attention
+modules), so this floor
+imports nothing from ``convert``.
+
+Counting conventions (per element unless said): linear ``N*in*out`` MACs (+ ``N*out`` adds for a bias);
+RMSNorm 3 MACs, LayerNorm 3 MACs + 1 add, L2 norm 2 MACs; activation 1 MAC-equivalent; gate product 1 MAC;
+attention ``QK^T`` and ``PV`` ``d`` MACs per visible (query, key) pair and head, softmax 2 MAC-equivalents
+(exp, divide) + 1 add per pair; rotary 2 MACs per q / k element; residual stream 2 adds per hidden element and
+layer; a dynamic per-token threshold 1 add (mean|v|) or 1 MAC (rms) per encoded element. Embedding lookups: 0.
+
+Example:
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3, bias=False))
+    >>> with count_ops(net) as census:
+    ...     _ = net(torch.randn(2, 4))
+    >>> census.totals()["ann_mac"], census.totals()["snn_mac"]
+    (24.0, 24.0)
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..neurons import SpikeStats, SpikingLinear
+from .stats import count_spikes
+
+_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)(?:\.|$)")
+_DECODER_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.\d+$")
+_TORCH_ACTS = (nn.SiLU, nn.GELU, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Mish)
+
+
+def layer_of(name: str) -> str:
+    """Layer label of a module name: ``"3"`` for ``model.layers.3.mlp``, ``"head"`` / ``"embed"`` / ``"other"``.
+
+    Example:
+        >>> layer_of("model.layers.12.mlp.down_proj"), layer_of("lm_head"), layer_of("model.norm")
+        ('12', 'head', 'head')
+    """
+    m = _LAYER.search(name)
+    if m:
+        return m.group(1)
+    if "lm_head" in name or name.endswith(("norm", "ln_f")) or ".norm." in name or ".ln_f." in name:
+        return "head"
+    if "emb" in name or name.endswith("wte") or name.endswith("wpe"):
+        return "embed"
+    return "other"
+
+
+@dataclass
+class OpCount:
+    """Counts of one (layer, op): the ANN's MACs / adds and the spiking model's remaining float MACs / adds."""
+
+    ann_mac: float = 0.0
+    ann_ac: float = 0.0
+    snn_mac: float = 0.0
+    snn_ac: float = 0.0
+    spike_driven_mac: float = 0.0  # ANN MACs the spiking model replaces by SOPs
+
+
+@dataclass
+class Census:
+    """Accumulated op counts plus the spike statistics of every module with ``.stats``."""
+
+    ops: dict[tuple[str, str], OpCount] = field(default_factory=lambda: defaultdict(OpCount))
+    stats: dict[str, SpikeStats] = field(default_factory=dict)
+    tokens: int = 0
+
+    def add(self, layer: str, op: str, *, ann_mac: float = 0.0, ann_ac: float = 0.0, snn_mac: float | None = None,
+            snn_ac: float | None = None, spike_driven: bool = False) -> None:
+        """Add an op; by default the spiking model does what the ANN does, or nothing if ``spike_driven``."""
+        rec = self.ops[(layer, op)]
+        rec.ann_mac += ann_mac
+        rec.ann_ac += ann_ac
+        if spike_driven:
+            rec.spike_driven_mac += ann_mac
+            rec.snn_ac += 0.0 if snn_ac is None else snn_ac
+            rec.snn_mac += 0.0 if snn_mac is None else snn_mac
+        else:
+            rec.snn_mac += ann_mac if snn_mac is None else snn_mac
+            rec.snn_ac += ann_ac if snn_ac is None else snn_ac
+
+    def totals(self) -> dict[str, float]:
+        out = dict.fromkeys(("ann_mac", "ann_ac", "snn_mac", "snn_ac", "spike_driven_mac"), 0.0)
+        for rec in self.ops.values():
+            for k in out:
+                out[k] += getattr(rec, k)
+        return out
+
+
+def _tokens(x: Tensor, width: int) -> int:
+    return x.numel() // max(1, width)
+
+
+def _is_spike_input(module: nn.Module) -> bool:
+    if getattr(module, "hybridtune_spike_input", False):
+        return True
+    return isinstance(module, SpikingLinear) and module.encoder is not None
+
+
+def _linear_dims(module: nn.Module) -> tuple[int, int] | None:
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
+        return int(module.weight.shape[0]), int(module.nf)
+    return None
+
+
+def _has_bias(module: nn.Module) -> bool:
+    if getattr(module, "bias", None) is not None:
+        return True
+    comp = getattr(module, "compensation_bias", None)
+    return comp is not None and bool(torch.any(comp != 0))
+
+
+def _linear_op(name: str) -> str:
+    return "lm_head" if "lm_head" in name else f"linear:{name.rsplit('.', 1)[-1]}"
+
+
+def _is_activation(module: nn.Module) -> bool:
+    return isinstance(module, _TORCH_ACTS) or type(module).__module__.startswith("transformers.activations")
+
+
+def _glu_encoder(module: nn.Module) -> nn.Module | None:
+    act = getattr(module, "act_fn", None) or getattr(module, "activation_fn", None)
+    return None if act is None else act._modules.get("hybridtune_encoder")
+
+
+def _norm_cost(type_name: str, elements: int) -> tuple[float, float]:
+    if "LayerNorm" in type_name:
+        return 3.0 * elements, 1.0 * elements
+    if "L2Norm" in type_name:
+        return 2.0 * elements, 0.0
+    return 3.0 * elements, 0.0
+
+
+class _Hooks:
+    """Builds the forward hooks of a census for one model."""
+
+    def __init__(self, model: nn.Module, census: Census):
+        self.model, self.census = model, census
+        self.threshold_norm_encoders = {
+            f"{name}.encoder" for name, m in model.named_modules() if type(m).__name__ == "ThresholdNorm"}
+
+    def register(self) -> list:
+        handles = []
+        for name, module in self.model.named_modules():
+            hook = self.hook_for(name, module)
+            if hook is not None:
+                kwargs = {"with_kwargs": True} if hook[1] else {}
+                handles.append(module.register_forward_hook(hook[0], **kwargs))
+        return handles
+
+    def hook_for(self, name: str, module: nn.Module):  # noqa: C901 - one dispatch table
+        layer, add = layer_of(name), self.census.add
+        tname = type(module).__name__
+        dims = _linear_dims(module)
+        if dims is not None:
+            def linear(mod, args, out, dims=dims):
+                n = _tokens(args[0], dims[0])
+                add(layer, _linear_op(name), ann_mac=n * dims[0] * dims[1], spike_driven=_is_spike_input(mod))
+                if _has_bias(mod):
+                    add(layer, "bias_add", ann_ac=n * dims[1])
+            return linear, False
+        if tname == "ThresholdNorm":
+            def tnorm(mod, args, out):
+                e = args[0].numel()
+                ann_mac, ann_ac = _norm_cost(mod.norm_type, e)
+                # the spiking side still computes the per-token rms (and mean) that adapts the threshold
+                add(layer, "norm", ann_mac=ann_mac, ann_ac=ann_ac, snn_mac=e, snn_ac=e if mod.centred else 0.0)
+            return tnorm, False
+        if "Norm" in tname and all(n == "hybridtune_encoder" for n, _ in module.named_children()):
+            def norm(mod, args, out):
+                mac, ac = _norm_cost(tname, args[0].numel())
+                add(layer, "norm", ann_mac=mac, ann_ac=ac)
+            return norm, False
+        if hasattr(module, "threshold") and hasattr(module, "stats") and name not in self.threshold_norm_encoders:
+            strategy = type(module.threshold).__name__
+            if strategy != "DynamicThreshold":
+                return None
+
+            def threshold(mod, args, out):
+                e = args[0].numel()
+                if mod.threshold.mode == "rms":
+                    add(layer, "threshold_stats", ann_mac=0.0, snn_mac=e)
+                else:
+                    add(layer, "threshold_stats", ann_ac=0.0, snn_ac=e)
+            return threshold, False
+        if _is_activation(module):
+            def act(mod, args, out):
+                add(layer, "activation", ann_mac=out.numel())
+            return act, False
+        if tname == "SpikingMoE":
+            return self.moe_hook(layer, module), False
+        if tname == "Llama4TextExperts":
+            def experts(mod, args, out):
+                rows = _tokens(args[0], mod.hidden_size)
+                i2 = mod.gate_up_proj.shape[-1]
+                add(layer, "linear:experts_gate_up", ann_mac=rows * mod.hidden_size * i2)
+                add(layer, "linear:experts_down", ann_mac=rows * (i2 // 2) * mod.hidden_size)
+                add(layer, "glu_product", ann_mac=rows * (i2 // 2))
+            return experts, False
+        if tname == "Llama4TextMoe":
+            def routing(mod, args, out):
+                add(layer, "moe_routing", ann_mac=_tokens(args[0], mod.hidden_dim) * mod.num_experts * mod.hidden_dim)
+            return routing, False
+        if hasattr(module, "up_proj") and (hasattr(module, "act_fn") or hasattr(module, "activation_fn")):
+            def glu(mod, args, out):
+                up = mod.up_proj
+                n = _tokens(args[0], up.in_features)
+                add(layer, "glu_product", ann_mac=n * up.out_features, spike_driven=_glu_encoder(mod) is not None)
+            return glu, False
+        if _DECODER_LAYER.search(name):
+            def residual(mod, args, kwargs, out):
+                h = kwargs.get("hidden_states", args[0] if args else None)
+                if h is not None:
+                    add(layer, "residual_add", ann_ac=2.0 * h.numel())
+            return residual, True
+        if tname.endswith("Attention") and (hasattr(module, "q_proj") or hasattr(module, "c_attn")):
+            return self.attention_hook(layer, module), True
+        return None
+
+    def moe_hook(self, layer: str, module: nn.Module):
+        add = self.census.add
+
+        def moe(mod, args, out):
+            rows, h = mod.routed_rows, mod.hidden_dim
+            i2 = mod.experts.gate_up_proj.shape[-1]
+            add(layer, "moe_routing", ann_mac=rows * h)
+            add(layer, "linear:experts_gate_up", ann_mac=rows * h * i2,
+                spike_driven=bool(getattr(mod, "hybridtune_spike_input", False)))
+            add(layer, "linear:experts_down", ann_mac=rows * (i2 // 2) * h, spike_driven=mod.down_encoder is not None)
+            add(layer, "glu_product", ann_mac=rows * (i2 // 2), spike_driven=mod.act_encoder is not None)
+        return moe
+
+    def attention_hook(self, layer: str, module: nn.Module):
+        add = self.census.add
+        cfg = getattr(module, "config", None)
+        heads = getattr(module, "num_heads", None) or getattr(cfg, "num_attention_heads", None)
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        head_dim = getattr(module, "head_dim", None)
+
+        def attention(mod, args, kwargs, out):
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            b, lq = hidden.shape[0], hidden.shape[1]
+            d = head_dim or hidden.shape[-1] // heads
+            pairs = _visible_pairs(mod, kwargs, b, lq)  # summed over the batch
+            score_macs = heads * pairs * d
+            spec = getattr(mod, "hybridtune_attention", None)
+            spiking = spec is not None
+            add(layer, "attention_qk", ann_mac=score_macs, spike_driven=spiking)
+            add(layer, "attention_pv", ann_mac=score_macs, spike_driven=spiking)
+            mode = getattr(spec, "softmax", "keep")
+            if mode == "keep":
+                add(layer, "softmax", ann_mac=2.0 * heads * pairs, ann_ac=heads * pairs)
+            else:  # relu is free; nrelu sums and divides, spike divides by a per-position constant
+                add(layer, "softmax", ann_mac=2.0 * heads * pairs, ann_ac=heads * pairs, snn_mac=heads * pairs,
+                    snn_ac=heads * pairs if mode == "nrelu" else 0.0)
+            if spiking:
+                add(layer, "threshold_stats", snn_ac=b * heads * lq * d + heads * pairs)
+            if kwargs.get("position_embeddings") is not None:
+                add(layer, "rotary", ann_mac=2.0 * b * lq * (heads + kv_heads) * d)
+        return attention
+
+
+def _visible_pairs(module: nn.Module, kwargs: dict, b: int, lq: int) -> float:
+    """Visible (query, key) pairs summed over the batch, from the model's mask or the causal triangle."""
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, Tensor) and mask.dim() == 4:
+        visible = mask if mask.dtype == torch.bool else mask == 0
+        total = float(visible.sum())
+        return total * (b if visible.shape[0] == 1 else 1)
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    lk = lq
+    if cache is not None and hasattr(cache, "get_seq_length"):
+        try:
+            lk = max(lq, int(cache.get_seq_length(getattr(module, "layer_idx", 0) or 0)))
+        except (TypeError, IndexError, AttributeError):
+            lk = lq
+    window = getattr(module, "sliding_window", None)
+    offset = lk - lq
+    n = torch.arange(1, lq + 1, dtype=torch.float64) + offset  # keys visible to each query
+    if window:
+        n = n.clamp(max=window)
+    return float(n.sum()) * b
+
+
+@contextmanager
+def count_ops(model: nn.Module) -> Iterator[Census]:
+    """Census of every forward inside the block (spike statistics attached too; see ``count_spikes``).
+
+    Example:
+        >>> net = torch.nn.Linear(4, 2)
+        >>> with count_ops(net) as c:
+        ...     _ = net(torch.randn(3, 4))
+        >>> c.totals()["ann_mac"], c.totals()["ann_ac"]
+        (24.0, 6.0)
+    """
+    census = Census()
+    handles = _Hooks(model, census).register()
+    try:
+        with count_spikes(model) as stats:
+            census.stats = stats
+            yield census
+    finally:
+        for h in handles:
+            h.remove()

@@ -1,0 +1,264 @@
+"""Build, save and load spiking peft models.
+
+:func:`get_spiking_peft_model` wraps ``peft.get_peft_model`` and returns the usual peft model whose class is swapped
+for a thin subclass (``Spiking<PeftModelForCausalLM>``) that
+
+* writes ``hybridtune_config.json`` (format, hybridtune / peft / torch versions, per-adapter neuron strategy, the base
+  model's fingerprint, whether the base was spiking) beside every adapter in ``save_pretrained``, and rewrites the
+  ``peft_type`` of each ``adapter_config.json`` to :data:`PEFT_TYPE_MARKER` -- a plain ``PeftModel.from_pretrained``
+  on the directory then fails with a ``KeyError`` quoting "load with hybridtune.adapters.load(model, path)"
+  instead of silently building ordinary LoRA and dropping the neuron parameters;
+* accepts only :class:`SpikingLoraConfig` in ``add_adapter`` and routes ``load_adapter`` through the spiking config,
+  refusing any load with unexpected or missing adapter keys (e.g. ``lora_neuron``) and naming the call to use.
+
+Example:
+    >>> import tempfile
+    >>> from hybridtune.testing import tiny_model, tiny_batch
+    >>> from hybridtune.adapters import SpikingLoraConfig, get_spiking_peft_model, load
+    >>> pm = get_spiking_peft_model(tiny_model("gpt2"), SpikingLoraConfig(r=4, target_modules=["c_attn"]))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     pm.save_pretrained(d)
+    ...     again = load(tiny_model("gpt2"), d)
+    >>> type(again).__name__
+    'SpikingPeftModelForCausalLM'
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import peft
+import torch
+from peft import PeftModel, get_peft_model
+from torch import nn
+
+from hybridtune._version import __version__
+
+from .config import PEFT_TYPE_MARKER, SpikingLoraConfig
+from .layer import SpikingLoraLinear
+from .sequence import install_sequence_hook
+
+MARKER_FILE = "hybridtune_config.json"
+FORMAT = "hybridtune-spiking-lora"
+FORMAT_VERSION = 1
+
+
+class SpikingAdapterLoadError(ValueError):
+    """A load that would lose or misplace spiking-adapter parameters; the message says what to call instead."""
+
+
+class SpikingPeftMixin:
+    """Behaviour added to peft's model class by :func:`get_spiking_peft_model` (see the module docstring)."""
+
+    def add_adapter(self, adapter_name: str, peft_config, *args: Any, **kwargs: Any) -> None:
+        if not isinstance(peft_config, SpikingLoraConfig):
+            raise TypeError(
+                f"add_adapter({adapter_name!r}): a spiking peft model takes SpikingLoraConfig adapters, got "
+                f"{type(peft_config).__name__}"
+            )
+        super().add_adapter(adapter_name, peft_config, *args, **kwargs)
+        install_sequence_hook(self.base_model.model)
+
+    def load_adapter(self, model_id, adapter_name: str, is_trainable: bool = False, **kwargs: Any):
+        path = Path(model_id) / kwargs["subfolder"] if kwargs.get("subfolder") else Path(model_id)
+        if adapter_name not in self.peft_config:
+            read_marker(path)
+            cfg = SpikingLoraConfig.from_adapter_dir(path)
+            cfg.inference_mode = not is_trainable
+            self.add_adapter(adapter_name, cfg)
+            if is_trainable:
+                self.set_requires_grad(adapter_name)
+        result = super().load_adapter(str(model_id), adapter_name, is_trainable=is_trainable, **kwargs)
+        check_load_result(result, adapter_name, path)
+        return result
+
+    def save_pretrained(self, save_directory, *args: Any, **kwargs: Any) -> None:
+        super().save_pretrained(save_directory, *args, **kwargs)
+        selected = kwargs.get("selected_adapters") or list(self.peft_config)
+        if kwargs.get("is_main_process", True):
+            write_markers(self, Path(save_directory), list(selected))
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def _spiking_class(cls: type) -> type:
+    if issubclass(cls, SpikingPeftMixin):
+        return cls
+    if cls not in _CLASSES:
+        _CLASSES[cls] = type("Spiking" + cls.__name__, (SpikingPeftMixin, cls), {"__module__": __name__})
+    return _CLASSES[cls]
+
+
+def is_spiking_peft_model(model: nn.Module) -> bool:
+    return isinstance(model, SpikingPeftMixin)
+
+
+def get_spiking_peft_model(model: nn.Module, config: SpikingLoraConfig, adapter_name: str = "default",
+                           **kwargs: Any) -> PeftModel:
+    """``peft.get_peft_model`` with spiking LoRA layers, the sequence hook and the spiking save/load behaviour.
+
+    ``task_type`` defaults to ``CAUSAL_LM`` for generative transformers models (so ``generate`` and ``labels`` work
+    as for any peft causal LM); other modules get peft's generic ``PeftModel``.
+
+    Example:
+        >>> from hybridtune.testing import tiny_model
+        >>> pm = get_spiking_peft_model(tiny_model("llama"), SpikingLoraConfig(r=2, target_modules=["v_proj"]))
+        >>> sorted({n.split(".")[-2] for n, p in pm.named_parameters() if p.requires_grad})
+        ['default']
+    """
+    if not isinstance(config, SpikingLoraConfig):
+        raise TypeError(f"get_spiking_peft_model needs a SpikingLoraConfig, got {type(config).__name__}")
+    if isinstance(model, PeftModel):
+        raise TypeError("model is already a peft model; add adapters with model.add_adapter(name, SpikingLoraConfig)")
+    if config.task_type is None and hasattr(model, "prepare_inputs_for_generation"):
+        config.task_type = "CAUSAL_LM"
+    peft_model = get_peft_model(model, config, adapter_name=adapter_name, **kwargs)
+    peft_model.__class__ = _spiking_class(type(peft_model))
+    install_sequence_hook(peft_model.base_model.model)
+    return peft_model
+
+
+def spiking_base(model: nn.Module) -> bool:
+    """True when some adapter sits on a spiking base layer (one with an input encoder)."""
+    return any(hasattr(m.get_base_layer(), "encode") for m in model.modules() if isinstance(m, SpikingLoraLinear))
+
+
+def base_fingerprint(model: nn.Module) -> str:
+    from hybridtune.models import model_fingerprint
+
+    return model_fingerprint(model)
+
+
+def write_markers(model: PeftModel, root: Path, adapters: list[str]) -> None:
+    """Write ``hybridtune_config.json`` into ``root`` and every adapter directory; mark each adapter_config.json."""
+    common = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "hybridtune_version": __version__,
+        "peft_version": peft.__version__,
+        "torch_version": torch.__version__,
+        "base_fingerprint": base_fingerprint(model),
+        "spiking_base": spiking_base(model),
+    }
+    listing = {}
+    for name in adapters:
+        sub = "" if name == "default" else name
+        directory = root / sub if sub else root
+        cfg = model.peft_config[name]
+        listing[name] = {"subfolder": sub, "neuron": cfg.neuron.to_dict(), "r": cfg.r, "lora_alpha": cfg.lora_alpha,
+                         "init_b_std": cfg.init_b_std}
+        if sub:  # the adapter's own directory describes just that adapter, so it can be loaded on its own
+            marker = {**common, "adapters": {name: {**listing[name], "subfolder": ""}}}
+            (directory / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
+        config_file = directory / "adapter_config.json"
+        data = json.loads(config_file.read_text())
+        data["peft_type"] = PEFT_TYPE_MARKER
+        config_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    # the root lists every saved adapter (load(model, root) restores them all)
+    (root / MARKER_FILE).write_text(json.dumps({**common, "adapters": listing}, indent=2) + "\n")
+
+
+def read_marker(path: str | Path) -> dict:
+    """The ``hybridtune_config.json`` of a saved spiking adapter directory (a clear error if it is not one)."""
+    path = Path(path)
+    file = path / MARKER_FILE
+    if not file.is_file():
+        if (path / "adapter_config.json").is_file():
+            raise SpikingAdapterLoadError(
+                f"{path} has no {MARKER_FILE}: it is not a hybridtune spiking adapter (plain peft LoRA? load it with "
+                "peft.PeftModel.from_pretrained)"
+            )
+        raise FileNotFoundError(f"{path} is not a saved adapter directory (no {MARKER_FILE}, no adapter_config.json)")
+    data = json.loads(file.read_text())
+    if data.get("format") != FORMAT:
+        raise SpikingAdapterLoadError(f"{file}: format {data.get('format')!r} is not {FORMAT!r}")
+    if int(data.get("format_version", 0)) > FORMAT_VERSION:
+        raise SpikingAdapterLoadError(
+            f"{file} was written by a newer hybridtune ({data.get('hybridtune_version')}); upgrade hybridtune"
+        )
+    return data
+
+
+def check_load_result(result, adapter_name: str, path: Path) -> None:
+    """Refuse a load that dropped or missed adapter parameters (peft only warns, or says nothing)."""
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    missing = [k for k in (getattr(result, "missing_keys", []) or []) if "lora_" in k and adapter_name in k]
+    if unexpected or missing:
+        neuron = [k for k in unexpected if "lora_neuron" in k]
+        hint = (" The checkpoint has spiking-neuron parameters the model has no place for: the model holds plain LoRA "
+                "layers. Build it with hybridtune.adapters.load(base_model, path).") if neuron else ""
+        raise SpikingAdapterLoadError(
+            f"loading adapter {adapter_name!r} from {path} would not restore it exactly: unexpected keys "
+            f"{unexpected[:6]}{'...' if len(unexpected) > 6 else ''}, missing keys "
+            f"{missing[:6]}{'...' if len(missing) > 6 else ''}.{hint}"
+        )
+
+
+def _check_base(model: nn.Module, marker: dict, path: Path, check_fingerprint: bool) -> None:
+    if marker.get("spiking_base") and not any(hasattr(m, "encode") and isinstance(m, nn.Linear)
+                                              for m in model.modules()):
+        raise SpikingAdapterLoadError(
+            f"the adapter in {path} was trained on a spiking (converted) base, but the model given has no spiking "
+            "layers; load the converted base first (hybridtune.convert.load_spiking(base, spiking_dir))"
+        )
+    if check_fingerprint:
+        found = base_fingerprint(model)
+        if found != marker.get("base_fingerprint"):
+            raise SpikingAdapterLoadError(
+                f"base model fingerprint {found} differs from the one the adapter in {path} was saved on "
+                f"({marker.get('base_fingerprint')}); pass check_fingerprint=False to load anyway"
+            )
+
+
+def load(model: nn.Module, path: str | Path, adapter_name: str | None = None, is_trainable: bool = False,
+         check_fingerprint: bool = True) -> PeftModel:
+    """Restore spiking adapters saved with ``save_pretrained`` onto ``model`` (a base model, or a spiking peft model
+    to add them to). ``adapter_name=None`` loads every adapter listed in the directory's marker (``default`` first,
+    which stays active); a name loads only that one. The first loaded adapter is active.
+
+    Example:
+        >>> import tempfile
+        >>> from hybridtune.testing import tiny_model, tiny_batch
+        >>> pm = get_spiking_peft_model(tiny_model("llama"), SpikingLoraConfig(r=2, target_modules=["q_proj"]))
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     pm.save_pretrained(d)
+        ...     pm2 = load(tiny_model("llama"), d)
+        >>> sorted(pm2.peft_config)
+        ['default']
+    """
+    path = Path(path)
+    marker = read_marker(path)
+    listing: dict = marker.get("adapters", {})
+    if adapter_name is None:
+        names = sorted(listing, key=lambda n: (n != "default", n))
+    elif adapter_name in listing:
+        names = [adapter_name]
+    elif len(listing) == 1 and (path / "adapter_config.json").is_file():
+        names = [adapter_name]  # a single-adapter directory loaded under a new name
+    else:
+        raise SpikingAdapterLoadError(f"{path} has no adapter {adapter_name!r}; it holds {sorted(listing)}")
+    if not names:
+        raise SpikingAdapterLoadError(f"{path}/{MARKER_FILE} lists no adapters")
+    if isinstance(model, PeftModel):
+        if not is_spiking_peft_model(model):
+            raise SpikingAdapterLoadError("model is a plain peft model; pass the base model (or a spiking peft model)")
+        peft_model = model
+        base = model.base_model.model
+    else:
+        peft_model = None
+        base = model
+    _check_base(base, marker, path, check_fingerprint)
+    for name in names:
+        entry = listing.get(name, {"subfolder": ""})
+        directory = path / entry["subfolder"] if entry.get("subfolder") else path
+        if peft_model is None:
+            cfg = SpikingLoraConfig.from_adapter_dir(directory)
+            cfg.inference_mode = not is_trainable
+            peft_model = get_spiking_peft_model(base, cfg, adapter_name=name)
+        peft_model.load_adapter(str(directory), name, is_trainable=is_trainable)
+    if not is_trainable:
+        peft_model.eval()
+    return peft_model

@@ -1,0 +1,102 @@
+"""``hybridtune train CONFIG [overrides...]``: domain adaptation of spiking LoRA adapters from a YAML run config.
+
+Overrides are ``key.sub=value`` or ``--key.sub=value`` (the form W&B sweeps pass with ``${args}``), applied in
+order after the file. ``--resume`` continues the run in ``trainer.output_dir`` from its newest checkpoint; ``--out``
+sets ``trainer.output_dir``. Multi-process runs use the same command under a launcher, e.g.
+``ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m hybridtune.cli train CONFIG`` or
+``accelerate launch --num_processes 8 -m hybridtune.cli train CONFIG`` on GPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any
+
+# key.sub=value or --key.sub=value; a bare --flag is not an override
+_OVERRIDE = re.compile(r"^(--)?[A-Za-z_][\w-]*(\.[\w-]+)*=")
+
+EPILOG = """overrides: key.sub=value or --key.sub=value, applied in order on top of the config, e.g.
+  trainer.steps=200 learners.0.lr=5e-4 --data.train=./my_notes/ tracking.backend=none"""
+
+
+def accept_overrides(parser: argparse.ArgumentParser) -> None:
+    """Let ``parser`` collect ``key=value`` / ``--key=value`` arguments anywhere on the line into ``overrides``.
+
+    argparse rejects unknown ``--options``; the dotted override keys cannot be declared in advance, so the
+    leftovers that look like overrides are gathered (in their order) and anything else is still an error.
+    """
+    parser.set_defaults(overrides=[])
+    original = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        namespace, extras = original(args, namespace)
+        overrides = [a for a in extras if _OVERRIDE.match(a)]
+        namespace.overrides = list(getattr(namespace, "overrides", [])) + overrides
+        return namespace, [a for a in extras if not _OVERRIDE.match(a)]
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="run config YAML (see configs/)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in trainer.output_dir")
+    parser.add_argument("--out", metavar="DIR", default=None, help="output directory (trainer.output_dir)")
+    parser.add_argument("--no-cache", action="store_true", help="convert afresh instead of using the cache")
+    accept_overrides(parser)
+
+
+def cli_overrides(args: argparse.Namespace) -> list[str]:
+    """The overrides of the command line, with ``--out`` / ``--resume`` turned into config keys (applied last)."""
+    extra = list(args.overrides)
+    if getattr(args, "out", None):
+        extra.append(f"trainer.output_dir={args.out}")
+    if getattr(args, "resume", False):
+        extra.append("trainer.resume=true")
+    return extra
+
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    return format(value, spec) if isinstance(value, (int, float)) else "n/a"
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """The human-readable end of a run: perplexities, spikes, energy, and where everything is."""
+    lines = [
+        f"perplexity on held-out {report.get('data', {}).get('eval', 'data')}:",
+        f"  ANN (not converted)        {_fmt(report.get('ppl_ann'))}",
+        f"  spiking, before training   {_fmt(report.get('ppl_spiking_before'))}",
+        f"  spiking, after training    {_fmt(report.get('ppl_spiking_after'))}",
+        f"trained {report.get('steps')} steps on {report.get('tokens_trained')} tokens in "
+        f"{_fmt(report.get('train_seconds'), '.1f')} s ({_fmt(report.get('tokens_per_second'), '.0f')} tokens/s)"
+        + (f", {report['skipped_steps']} step(s) skipped (inf/NaN)" if report.get("skipped_steps") else ""),
+        f"spikes per neuron (held-out): {_fmt(report.get('spikes_per_neuron'), '.4f')}",
+    ]
+    energy = report.get("energy") or {}
+    for name, e in (energy.get("energy") or {}).items():
+        tokens = max(1, energy.get("tokens") or 1)
+        lines.append(f"energy estimate ({name}): spiking {_fmt(e.get('snn_pj', 0) / tokens / 1e6, '.3f')} uJ/token "
+                     f"vs ANN {_fmt(e.get('ann_pj', 0) / tokens / 1e6, '.3f')} uJ/token "
+                     f"(ANN / spiking = {_fmt(e.get('ratio'), '.2f')}; memory traffic not modelled)")
+    lines.append(f"report: {report.get('output_dir')}/report.json (curves.png beside it); adapter: "
+                 f"{report.get('adapter_dir', 'n/a')}")
+    if report.get("tracking"):
+        lines.append(f"tracking files: {report['tracking']}"
+                     + ("  (upload with: wandb sync " + report["tracking"] + ")" if "wandb" in report["tracking"]
+                        else ""))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
+    from ..config import load_config
+    from ..trainers.domain import run_domain_adaptation
+
+    cfg = load_config(args.config, cli_overrides(args))
+    report = run_domain_adaptation(cfg, echo=print, use_cache=not args.no_cache)
+    if PartialState().is_main_process:
+        print(format_summary(report))
+    return 0

@@ -1,0 +1,163 @@
+"""Domain adaptation from a run config: load -> measure the ANN -> convert (cached) -> attach spiking LoRA -> train
+-> report. ``hybridtune train`` and ``hybridtune quickstart`` are thin layers over :func:`run_domain_adaptation`.
+
+``report.json`` in the output directory holds the trainer's summary plus ``ppl_ann`` (the unconverted model),
+``ppl_spiking_before`` / ``ppl_spiking_after`` (spiking model + adapters before and after training, same held-out
+blocks), ``spikes_per_neuron``, the energy estimate, ``tokens_trained``, the data's content hashes, the base
+model's fingerprint and where the conversion cache and the tracker files are.
+
+Example:
+    >>> from hybridtune.config import load_config
+    >>> cfg = load_config("configs/quickstart.yaml", ["trainer.steps=2"])   # doctest: +SKIP
+    >>> report = run_domain_adaptation(cfg)                                  # doctest: +SKIP
+    >>> report["ppl_spiking_after"] < report["ppl_spiking_before"]           # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import AdapterSection, RunConfig
+from ..config_schema import ConfigError, to_dict
+from .cache import cached_conversion
+from .data import build_data, open_corpora
+from .evaluation import evaluate_perplexity
+from .loop import Trainer, TrainerCallback, build_learners, make_accelerator
+from .rundir import open_run_dir
+
+PIPELINE_FILE = "pipeline.json"  # what was measured before training (reused on resume)
+
+
+def attach_adapter(model: torch.nn.Module, section: AdapterSection) -> torch.nn.Module:
+    """Spiking LoRA from the ``adapter`` section (fields passed by name to ``spiking_lora_config``)."""
+    from ..adapters import get_spiking_peft_model, spiking_lora_config
+
+    accepted = inspect.signature(spiking_lora_config).parameters
+    kwargs = {k: v for k, v in to_dict(section).items() if k in accepted}
+    try:
+        config = spiking_lora_config(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc), "adapter") from None
+    return get_spiking_peft_model(model, config)
+
+
+@contextmanager
+def spike_probe(model: torch.nn.Module, accelerator: Any = None) -> Iterator[dict[str, float]]:
+    """Count the spikes of every spiking module inside the block; on exit the yielded dict holds the totals over all
+    ranks: ``spikes_per_neuron``, ``silent_share``, ``sops``."""
+    from ..accounting import count_spikes, total_stats
+
+    out: dict[str, float] = {}
+    with count_spikes(model) as stats:
+        yield out
+    t = total_stats(stats)
+    sums = torch.tensor([t.spikes, t.neuron_steps, t.silent, t.sops], dtype=torch.float64)
+    if accelerator is not None and accelerator.num_processes > 1:
+        sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
+    spikes, steps, silent, sops = sums.tolist()
+    if steps:
+        out.update(spikes_per_neuron=spikes / steps, silent_share=silent / steps, sops=sops)
+
+
+def energy_summary(model: torch.nn.Module, tensors: dict[str, torch.Tensor], batch_size: int,
+                   directory: Path | None = None) -> dict[str, Any]:
+    """The accounting report's totals on one batch of held-out blocks (the full report, with per-layer firing rates
+    and plots, is written to ``directory`` when given)."""
+    from ..accounting import energy_report, write_report
+
+    report = energy_report(model, tensors["input_ids"][:batch_size], tensors["attention_mask"][:batch_size],
+                           batch_size=batch_size)
+    if directory is not None:
+        write_report(report, directory)
+    return {"tokens": report["tokens"], **report["total"], "not_modelled": report["not_modelled"]}
+
+
+def run_domain_adaptation(cfg: RunConfig, *, echo: Callable[[str], None] | None = None,
+                          use_cache: bool = True) -> dict[str, Any]:
+    """The whole job (see the module docstring); returns the report also written to ``report.json``."""
+    from accelerate.utils import set_seed
+
+    from ..models import ModelLoadError, load_model, load_tokenizer, model_fingerprint, resolve_source
+
+    started = time.perf_counter()
+    # Everything that can be checked cheaply fails before the output directory is touched.
+    learners = build_learners(cfg)
+    try:
+        resolve_source(cfg.model.name)
+    except ModelLoadError as exc:
+        raise ConfigError(str(exc), "model.name") from None
+    corpora = open_corpora(cfg.data)
+    acc = make_accelerator(cfg)
+    say = echo if echo is not None and acc.is_main_process else (lambda _msg: None)
+    run = open_run_dir(cfg, acc)
+    set_seed(cfg.trainer.seed)
+    tokenizer = load_tokenizer(cfg.model.name)
+    with acc.main_process_first():
+        train, held, data_info = build_data(cfg.data, tokenizer, corpora)
+    say(f"data: {data_info['train']} ({data_info['train_tokens']} training tokens), held out: "
+        f"{data_info['eval']} ({data_info['eval_tokens']} tokens)")
+    base = load_model(cfg.model.name, dtype=getattr(torch, cfg.model.dtype)).to(acc.device)
+    fingerprint = model_fingerprint(base)
+    eval_tensors = held.as_dict()
+    pipeline_path = run.path / PIPELINE_FILE
+    saved = json.loads(pipeline_path.read_text()) if run.checkpoint is not None and pipeline_path.is_file() else {}
+    if "ppl_ann" in saved:
+        ppl_ann = saved["ppl_ann"]
+    else:
+        ppl_ann = evaluate_perplexity(base, eval_tensors, cfg.trainer.batch_size, acc)["ppl"]
+    say(f"ANN perplexity: {ppl_ann:.3f}")
+    snn, cache = cached_conversion(base, cfg.conversion, tokenizer, acc, use_cache=use_cache)
+    say(f"conversion: {'loaded from cache' if cache['hit'] else 'converted'}"
+        f"{' (' + cache['cache_dir'] + ')' if cache['cache_dir'] else ''}")
+    if acc.is_main_process:
+        pipeline_path.write_text(json.dumps({"ppl_ann": ppl_ann, "fingerprint": fingerprint, "data": data_info,
+                                             "conversion_cache": cache}, indent=2))
+    set_seed(cfg.trainer.seed)  # the adapter's initialisation does not depend on what ran before
+    model = attach_adapter(snn, cfg.adapter)
+    facts = {"ppl_ann": ppl_ann, "model": cfg.model.name, "base_fingerprint": fingerprint, "data": data_info,
+             "conversion_cache": cache, "adapter_dir": str(run.path / "adapter")}
+    trainer = Trainer(model, cfg, learners=learners, train_data=train, eval_data=held, accelerator=acc, run_dir=run,
+                      extra_metrics=lambda m: spike_probe(m, acc), callbacks=[_Pipeline(facts, eval_tensors, started)])
+    trainer.report_title = f"{cfg.model.name} on {data_info['train']}"
+    return trainer.fit()
+
+
+class _Pipeline(TrainerCallback):
+    """Adds what the pipeline knows to the trainer's log and report, and saves the adapter at the end."""
+
+    def __init__(self, facts: dict[str, Any], eval_tensors: dict[str, torch.Tensor], started: float):
+        self.facts, self.eval_tensors, self.started = facts, eval_tensors, started
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        if trainer.state.step == 0:
+            trainer.tracker.log({"eval/ppl_ann": self.facts["ppl_ann"]}, 0)
+
+    def on_train_end(self, trainer: Trainer, result: dict[str, Any]) -> None:
+        acc = trainer.accelerator
+        result.update(self.facts)
+        result["ppl_spiking_before"] = result["eval_ppl_before"]
+        result["ppl_spiking_after"] = result["eval_ppl_after"]
+        result["spikes_per_neuron"] = result["eval"].get("spikes_per_neuron")
+        if acc.is_main_process:
+            energy = energy_summary(trainer.unwrapped, self.eval_tensors, trainer.cfg.trainer.batch_size,
+                                    trainer.run_dir.path / "accounting")
+            result["energy"] = energy
+            per_token = {f"energy/{name}/{k}_per_token": e[k] / max(1, energy["tokens"])
+                         for name, e in energy.get("energy", {}).items() for k in ("snn_pj", "ann_pj")}
+            ratios = {f"energy/{name}/ann_over_snn": e["ratio"] for name, e in energy.get("energy", {}).items()}
+            trainer.tracker.log({**per_token, **ratios, "energy/spikes_per_neuron": energy["spikes_per_neuron"]},
+                                trainer.state.step)
+            trainer.unwrapped.save_pretrained(self.facts["adapter_dir"], save_embedding_layers=False)
+        result["wall_seconds"] = round(time.perf_counter() - self.started, 1)
+
+
+__all__ = ["run_domain_adaptation", "attach_adapter", "spike_probe", "energy_summary", "PIPELINE_FILE"]

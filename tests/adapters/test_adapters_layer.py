@@ -1,0 +1,134 @@
+"""SpikingLoraLinear: the forward is base + the op's spiking LoRA, on Linear, Conv1D and spiking bases."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hybridtune.convert as hc
+from hybridtune.adapters import MERGE_ERROR, SpikingLoraLinear, get_spiking_peft_model, spiking_lora_config
+from hybridtune.neurons import SpikingLinear
+from hybridtune.ops import bottleneck_forward
+from hybridtune.testing import FAMILIES, tiny_batch, tiny_model
+
+
+def manual_lora(layer: SpikingLoraLinear, x: torch.Tensor, name: str = "default") -> torch.Tensor:
+    """``scaling * B(neuron(A x_spk))`` recomputed from the pure numerics (no op call)."""
+    base = layer.get_base_layer()
+    x_spk = base.encode(x) if hasattr(base, "encode") else x
+    neuron = layer.lora_neuron[name]
+    h = x_spk @ layer.lora_A[name].weight.t()
+    y, _, _ = bottleneck_forward(h, neuron.kind, neuron.threshold(), neuron.decay(), None, None,
+                                 neuron.strategy.op_max_spikes)
+    return layer.scaling[name] * y @ layer.lora_B[name].weight.t()
+
+
+@pytest.mark.parametrize("neuron", ["mt", "lif", "heaviside"])
+def test_forward_is_base_plus_spiking_lora(neuron, make_spiking):
+    model = make_spiking("llama", neuron)
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    x = torch.randn(2, 7, layer.in_features)
+    with torch.no_grad():
+        got = layer(x)
+        want = layer.get_base_layer()(x) + manual_lora(layer, x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert manual_lora(layer, x).abs().sum() > 0  # the adapter contributes
+
+
+def test_gpt2_conv1d(make_spiking):
+    model = make_spiking("gpt2", "mt")
+    layer = model.base_model.model.transformer.h[0].attn.c_attn
+    assert isinstance(layer, SpikingLoraLinear) and type(layer.get_base_layer()).__name__ == "Conv1D"
+    x = torch.randn(2, 5, layer.in_features)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), layer.get_base_layer()(x) + manual_lora(layer, x), rtol=1e-5, atol=1e-6)
+    model.train()
+    batch = tiny_batch()
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    assert layer.lora_A["default"].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("family,neuron", [(f, "lif") for f in FAMILIES] + [("llama4", "mt"), ("gpt2", "heaviside")])
+def test_families_train_step(family, neuron, make_spiking):
+    model = make_spiking(family, neuron).train()
+    batch = tiny_batch()
+    loss = model(**batch, labels=batch["input_ids"]).loss
+    loss.backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None for _, p in trainable)
+    assert any("lora_neuron" in n for n, _ in trainable)
+    assert not any("base_layer" in n for n, _ in trainable)
+
+
+def test_adapter_reads_the_spiking_input():
+    snn = hc.convert(tiny_model("llama"), hc.ConversionConfig())
+    model = get_spiking_peft_model(snn, spiking_lora_config(r=4, neuron="mt", target_modules=["down_proj"],
+                                                            init_b_std=0.05))
+    layer = model.base_model.model.model.layers[0].mlp.down_proj
+    base = layer.get_base_layer()
+    assert isinstance(base, SpikingLinear) and base.encoder is not None
+    x = torch.randn(2, 6, layer.in_features)
+    with torch.no_grad():
+        got = layer(x)
+        want = base(x) + manual_lora(layer, x)  # manual_lora encodes with base.encode first
+        plain = base(x) + layer.scaling["default"] * bottleneck_forward(
+            x @ layer.lora_A["default"].weight.t(), "mt", layer.lora_neuron["default"].threshold(), torch.zeros(4),
+            None, None, 8)[0] @ layer.lora_B["default"].weight.t()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got, plain)  # reading the raw (unencoded) input would differ
+
+
+def test_dropout_keeps_base_exact(make_spiking):
+    model = make_spiking("llama", "mt", dropout=0.5)
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    layer.train()
+    x = torch.randn(2, 5, layer.in_features)
+    torch.manual_seed(7)
+    got = layer(x)
+    torch.manual_seed(7)
+    dropped = layer.lora_dropout["default"](x)
+    neuron = layer.lora_neuron["default"]
+    y, _, _ = bottleneck_forward(dropped @ layer.lora_A["default"].weight.t(), "mt", neuron.threshold(),
+                                 neuron.decay(), None, None, 8)
+    want = layer.get_base_layer()(x) + layer.scaling["default"] * y @ layer.lora_B["default"].weight.t()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_bias_is_added(make_spiking):
+    model = make_spiking("llama", "heaviside", lora_bias=True, target_modules=["q_proj"])
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    with torch.no_grad():
+        layer.lora_B["default"].bias.fill_(0.25)
+    x = torch.randn(1, 3, layer.in_features)
+    with torch.no_grad():
+        want = layer.get_base_layer()(x) + manual_lora(layer, x) + layer.scaling["default"] * 0.25
+        torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_merge_raises_with_reason(make_spiking):
+    model = make_spiking("llama", "mt")
+    with pytest.raises(ValueError, match="not linear"):
+        model.merge_and_unload()
+    with pytest.raises(ValueError, match="cannot be merged"):
+        model.base_model.merge_adapter()
+    assert "B * spike(A x)" in MERGE_ERROR
+
+
+def test_disable_adapter_gives_base_model(make_spiking):
+    model = make_spiking("qwen3", "lif")
+    base = tiny_model("qwen3")
+    batch = tiny_batch()
+    with torch.no_grad(), model.disable_adapter():
+        torch.testing.assert_close(model(**batch).logits, base(**batch).logits)
+    with torch.no_grad():
+        assert not torch.allclose(model(**batch).logits, base(**batch).logits)
+
+
+def test_bf16_base_runs_in_base_dtype(family_targets):
+    model = get_spiking_peft_model(tiny_model("llama", dtype=torch.bfloat16),
+                                   spiking_lora_config(r=4, neuron="lif", target_modules=family_targets("llama")))
+    model.train()
+    batch = tiny_batch()
+    out = model(**batch, labels=batch["input_ids"])
+    out.loss.backward()
+    assert out.logits.dtype == torch.bfloat16
