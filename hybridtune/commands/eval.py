@@ -55,12 +55,15 @@ def evaluate(args: argparse.Namespace) -> dict:
     if args.adapter:
         if not args.spiking:
             raise ValueError("--adapter needs --spiking DIR: spiking LoRA adapters sit on a converted spiking model")
-        from ..adapters import batch_context, load
+        from ..adapters import load, sequence_context
 
-        model = load(model, args.adapter)
-        context = batch_context(model)
+        model = load(model, args.adapter).eval()
+        peft_model = model
+
+        def context(batch):  # stateful adapters reset at document starts
+            return sequence_context(peft_model, doc_start=batch.get("doc_start"))
         result["adapter"] = str(args.adapter)
-    tensors = blocks.as_dict() if hasattr(blocks, "as_dict") else blocks
+    tensors = blocks.as_dict(("input_ids", "attention_mask", "labels", "doc_start"))
     start = time.perf_counter()
     result.update(perplexity(model, tensors, batch_size=args.batch_size, batch_context=context))
     result["seconds"] = round(time.perf_counter() - start, 3)

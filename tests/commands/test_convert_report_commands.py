@@ -54,3 +54,30 @@ def test_convert_bad_override_exits_2_before_loading(tmp_path, capsys):
 def test_report_on_missing_state_exits_2(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "spiking" in capsys.readouterr().err
+
+
+def test_eval_with_spiking_base_and_adapter(tiny_dir, text_file, tmp_path):
+    import torch
+
+    from hybridtune.adapters import get_spiking_peft_model, spiking_lora_config
+    from hybridtune.convert import load_spiking
+    from hybridtune.models import load_model
+
+    snn_dir = tmp_path / "snn"
+    assert main(["convert", "--model", str(tiny_dir), "--out", str(snn_dir), "conversion.calib_data=" + str(text_file)]) == 0
+    peft_model = get_spiking_peft_model(load_spiking(load_model(str(tiny_dir)), snn_dir),
+                                        spiking_lora_config(r=4, neuron="lif", target_modules=["q_proj", "v_proj"],
+                                                            init_b_std=0.05))
+    with torch.no_grad():  # make the adapter matter so the two evaluations must differ
+        for name, param in peft_model.named_parameters():
+            if "lora_A" in name:
+                param.normal_(0, 0.5)
+    adapter_dir = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter_dir)
+    plain, adapted = tmp_path / "plain.json", tmp_path / "adapted.json"
+    common = ["eval", "--model", str(tiny_dir), "--spiking", str(snn_dir), "--data", str(text_file),
+              "--block-size", "64"]
+    assert main([*common, "--json", str(plain)]) == 0
+    assert main([*common, "--adapter", str(adapter_dir), "--json", str(adapted)]) == 0
+    a, b = json.loads(plain.read_text()), json.loads(adapted.read_text())
+    assert b["adapter"] == str(adapter_dir) and a["ppl"] != b["ppl"]
