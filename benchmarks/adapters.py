@@ -12,10 +12,11 @@ One step = forward with labels + backward + ``zero_grad(set_to_none=True)``; no 
 Time: median over ``--repeats`` steps after one warm-up, variants interleaved step by step so machine load drifts hit
 all of them alike. The ratio uses the process CPU time of the step (``time.process_time``): on a shared machine the
 wall time of anything longer than a scheduler time slice is stretched by whatever else runs (we saw 10x), while the
-CPU time counts only this process's own work; wall-time ratios are reported beside it. Peak memory: a separate pass per variant; a sampler thread reads glibc's
-``mallinfo2`` (heap bytes in use: arena + mmapped blocks, i.e. every CPU tensor storage, autograd's saved tensors,
-gradients) every 0.2 ms during one step; the peak minus the value just before the step is the step's peak memory
-above the resident weights (median over ``--mem-repeats``). Ratios are spiking / lora.
+CPU time counts only this process's own work; wall-time ratios are reported beside it.
+Peak memory: a separate pass per variant; a sampler thread reads glibc's ``mallinfo2`` (heap bytes in use: arena +
+mmapped blocks, i.e. every CPU tensor storage, autograd's saved tensors, gradients) every 0.2 ms during one step;
+the peak minus the value just before the step is the step's peak memory above the resident weights (median over
+``--mem-repeats``). Ratios are spiking / lora.
 
 Writes ``benchmarks/results/adapters.json`` (``rows``: one per sequence length with ``seq_len``,
 ``step_time_ratio``, ``peak_memory_ratio``, absolute numbers, and the adapter-only ratios).

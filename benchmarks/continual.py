@@ -12,7 +12,9 @@ replay, or with a plastic learner, forget less than a shared surrogate adapter w
 
 Token budgets are small so the grid fits two CPU cores: ``--quick`` (2 seeds, 2 steps of 4 x 64 tokens per domain,
 128 held-out tokens per domain) and the default (3 seeds, 3 steps, 192 tokens); one run of three stages costs about
-45 s (quick) / 65 s on two busy cores with one torch thread, so about 25 / 50 minutes for the whole grid. The
+45 s (quick) / 65-110 s on two cores shared with other jobs and one torch thread: the default grid of 48 runs took
+64 minutes there, ``--quick`` (32 runs) about 25; ``--seeds`` / ``--orders`` / ``--strategies`` / ``--learners``
+cut it down. The
 baseline row (before training) is measured once per model kind and domain -- adapters start with ``B = 0``, so it
 is the same for every strategy, learner and seed -- except for learners that need a nonzero ``B`` at initialisation.
 
@@ -136,23 +138,35 @@ def summarize_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def findings(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Forgetting of each shared-adapter variant against the shared surrogate adapter without replay (both orders
-    pooled); ``less`` = lower mean forgetting, ``clearly`` = by more than the two spreads added."""
-    pooled = {(r["strategy"], r["learner"]): r for r in rows if r["order"] == "both"}
-    ref = pooled.get(("shared", "surrogate"))
+    """Forgetting of each variant against the shared surrogate adapter without replay, per order and pooled.
+
+    ``less``: lower mean forgetting; ``clearly``: lower by more than the two seed spreads added. Judged per order
+    (``less_in_every_order`` / ``clearly_in_every_order``) because pooling the two orders mixes their different
+    levels of forgetting into the spread.
+    """
+    table = {(r["strategy"], r["learner"], r["order"]): r for r in rows}
+    orders = sorted({r["order"] for r in rows if r["order"] != "both"})
     out: dict[str, Any] = {"reference": "shared adapter, surrogate learner, no replay"}
-    if ref is None:
+    if ("shared", "surrogate", "both") not in table:
         return out
-    for key in [("replay", "surrogate"), ("ewc", "surrogate"), ("shared", "stdp"), ("shared", "rstdp"),
-                ("shared", "lora"), ("per_task", "surrogate")]:
-        row = pooled.get(key)
-        if row is None:
+    for strategy, learner in [("replay", "surrogate"), ("ewc", "surrogate"), ("shared", "stdp"),
+                              ("shared", "rstdp"), ("shared", "lora"), ("replay", "lora"), ("per_task", "surrogate")]:
+        if (strategy, learner, "both") not in table:
             continue
-        diff = row["forgetting"] - ref["forgetting"]
-        out[f"{key[0]}/{key[1]}"] = {
-            "forgetting": row["forgetting"], "reference_forgetting": ref["forgetting"], "difference": diff,
-            "bwt": row["bwt"], "reference_bwt": ref["bwt"], "less": diff < 0,
-            "clearly": diff < -(row["forgetting_std"] + ref["forgetting_std"])}
+        entry: dict[str, Any] = {}
+        for order in [*orders, "both"]:
+            row, ref = table.get((strategy, learner, order)), table.get(("shared", "surrogate", order))
+            if row is None or ref is None:
+                continue
+            diff = row["forgetting"] - ref["forgetting"]
+            entry[order] = {"forgetting": row["forgetting"], "forgetting_std": row["forgetting_std"],
+                            "reference": ref["forgetting"], "reference_std": ref["forgetting_std"],
+                            "difference": diff, "avg_final_ppl": row["avg_final_ppl"],
+                            "reference_avg_final_ppl": ref["avg_final_ppl"], "less": diff < 0,
+                            "clearly": diff < -(row["forgetting_std"] + ref["forgetting_std"])}
+        entry["less_in_every_order"] = all(entry[o]["less"] for o in orders if o in entry)
+        entry["clearly_in_every_order"] = all(entry[o]["clearly"] for o in orders if o in entry)
+        out[f"{strategy}/{learner}"] = entry
     return out
 
 
@@ -191,7 +205,17 @@ def main() -> None:
     parser.add_argument("--out", default=None,
                         help="default: benchmarks/results/continual.json (--quick: continual_quick.json)")
     parser.add_argument("--work", default=None, help="where run directories go (default: a temporary directory)")
+    parser.add_argument("--resummarize", metavar="JSON", default=None,
+                        help="recompute rows and findings of an existing results file from its runs, then exit")
     args = parser.parse_args()
+    if args.resummarize:
+        saved = json.loads(Path(args.resummarize).read_text())
+        saved["rows"] = summarize_rows(saved["runs"])
+        saved["findings"] = findings(saved["rows"])
+        Path(args.resummarize).write_text(json.dumps(saved, indent=2) + "\n")
+        print(markdown(saved["rows"]))
+        print(json.dumps(saved["findings"], indent=2))
+        return
     seeds = args.seeds or (2 if args.quick else 3)
     steps = args.steps or (2 if args.quick else 3)
     eval_tokens = args.eval_tokens or (128 if args.quick else 192)

@@ -212,7 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="results JSON (default benchmarks/results/conversion.json; "
                                                     "--quick writes nothing unless given)")
     parser.add_argument("--plot", default=None, metavar="DIR", help="also write the accounting PNGs here")
+    parser.add_argument("--retime", action="store_true",
+                        help="only re-measure time_ratio / cpu_time_ratio of the rows in --out (an existing results "
+                             "file) and update it; for a quiet machine after a run on a busy one")
     args = parser.parse_args(argv)
+    if args.retime:
+        return retime(args)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     tokens = args.tokens or (1024 if args.quick else 8192)
@@ -310,6 +315,32 @@ def _write(out: str, results: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(results, indent=2))
     tmp.replace(path)
+
+
+def retime(args: argparse.Namespace) -> int:
+    """Re-measure the timing columns of an existing results file (same model, block, calibration)."""
+    torch.set_num_threads(args.threads)
+    path = Path(args.out or Path(__file__).parent / "results" / "conversion.json")
+    results = json.loads(path.read_text())
+    tokenizer = load_tokenizer("default")
+    base = load_model("default")
+    block = results.get("data", {}).get(DOMAINS[0], {}).get("block_size", args.block_size)
+    data, _ = load_data(tokenizer, block, block)
+    calib = pack(tokenizer, corpus("python-docs").documents("train"), 512, max_tokens=args.calib_tokens).input_ids
+    load_start = os.getloadavg()
+    for row in results["rows"]:
+        snn = convert(share_copy(base), ConversionConfig.from_dict(row["config"]), calib=calib)
+        timing = time_ratio(base, snn, data[DOMAINS[0]]["input_ids"][:1], args.repeats)
+        row.update(time_ratio=round(timing["time_ratio"], 3), cpu_time_ratio=round(timing["cpu_time_ratio"], 3),
+                   time_ratios=timing["time_ratios"])
+        print(f"{'+'.join(row['coverage']):40s} {row['neuron']:42s} t x{row['time_ratio']:.2f} "
+              f"(cpu x{row['cpu_time_ratio']:.2f})", flush=True)
+    results["targets"] = targets(results["rows"])
+    results.setdefault("machine", {})["retimed"] = {"load_average_start": load_start,
+                                                    "load_average_end": os.getloadavg(), "repeats": args.repeats}
+    _write(str(path), results)
+    print(f"updated {path}")
+    return 0
 
 
 def targets(rows: list[dict]) -> dict:
