@@ -9,7 +9,7 @@ SPECIALS = {"<pad>": 0, "<s>": 1, "</s>": 2}
 
 def tiny_tokenizer():
     """A ``PreTrainedTokenizerFast`` mapping printable bytes to ids 3..255 (unknown bytes to a shared id)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = dict(SPECIALS)
