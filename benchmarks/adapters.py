@@ -208,7 +208,9 @@ def main() -> None:
         row["meets_memory_target"] = row["peak_memory_ratio"] <= MEMORY_TARGET
         rows.append(row)
         print({k: v for k, v in row.items() if k != "raw"}, flush=True)
-    from hybridtune.ops import backend_info
+    from hybridtune.ops import activate, backend_info
+
+    activate()  # resolve the backend so the record says what ran (CPU tensors always run the reference)
 
     out = {
         "benchmark": "spiking LoRA vs plain peft LoRA, one training step (forward + backward), CPU",

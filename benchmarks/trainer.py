@@ -15,7 +15,7 @@ hybridtune over the HF Trainer (target >= 0.8). After training, both models are 
 (same token budget), plus the starting perplexities.
 
 Writes ``benchmarks/results/trainer.json``. Usage:
-    python benchmarks/trainer.py [--steps 20] [--batch-size 4] [--block-size 128] [--tiny]
+    python benchmarks/trainer.py [--steps 20] [--repeats 2] [--batch-size 4] [--block-size 128] [--tiny]
 """
 
 from __future__ import annotations
@@ -118,6 +118,22 @@ def ppl(model, held, batch_size: int) -> float:
     return evaluate_perplexity(model, held.as_dict(), batch_size, keys=default_model_keys(model))["ppl"]
 
 
+def build(name: str, args, tokenizer):
+    """The model a run trains: spiking LoRA on the converted model for ``hybridtune``, plain LoRA otherwise."""
+    from hybridtune.config import RunConfig
+    from hybridtune.trainers.cache import cached_conversion
+    from hybridtune.trainers.domain import attach_adapter
+
+    model = load_base(args.tiny)
+    if name != "hybridtune":
+        return peft_lora(model, args)
+    cfg = RunConfig()
+    cfg.adapter.r, cfg.adapter.alpha, cfg.adapter.target_modules = args.rank, 2.0 * args.rank, TARGETS
+    snn, _ = cached_conversion(model, cfg.conversion, tokenizer)
+    torch.manual_seed(args.seed)
+    return attach_adapter(snn, cfg.adapter)
+
+
 def reset_accelerate() -> None:
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
@@ -137,46 +153,39 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup-lr", type=int, default=2, help="LR warmup steps (both trainers)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=1, help="rounds of the three runs, interleaved")
     p.add_argument("--tiny", action="store_true", help="tiny random llama (smoke test), not the default model")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "trainer.json"))
     args = p.parse_args()
     os.environ.setdefault("WANDB_MODE", "disabled")
     os.environ.setdefault("TQDM_DISABLE", "1")
 
-    from hybridtune.config import RunConfig
-    from hybridtune.trainers.cache import cached_conversion
-    from hybridtune.trainers.domain import attach_adapter
-
     tokenizer = load_tok(args.tiny)
     train, held, data_info = data(tokenizer, args)
     tokens_per_step = args.batch_size * args.block_size
-    results, started = {}, time.time()
+    runs: dict[str, list] = {name: [] for name in ("hf_trainer", "hybridtune", "hybridtune_lora")}
+    ppls: dict[str, tuple[float, float]] = {}
+    started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for name in ("hf_trainer", "hybridtune", "hybridtune_lora"):
-            model = load_base(args.tiny)
-            if name == "hybridtune":
-                cfg = RunConfig()
-                cfg.adapter.r, cfg.adapter.alpha, cfg.adapter.target_modules = args.rank, 2.0 * args.rank, TARGETS
-                cfg.conversion.calib_tokens = min(cfg.conversion.calib_tokens, 512) if args.tiny else \
-                    cfg.conversion.calib_tokens
-                snn, _ = cached_conversion(model, cfg.conversion, tokenizer)
-                torch.manual_seed(args.seed)
-                model = attach_adapter(snn, cfg.adapter)
-            else:
-                model = peft_lora(model, args)
-            before = ppl(model, held, args.batch_size)
-            runner = run_hf if name == "hf_trainer" else run_hybridtune
-            times = runner(model, train, args, tmp / name)
-            reset_accelerate()
-            timed = times[args.warmup:] or times
-            step_s = statistics.median(t[0] for t in timed)
-            cpu_s = statistics.median(t[1] for t in timed)
-            results[name] = {"tokens_per_second": tokens_per_step / step_s, "median_step_s": step_s,
-                             "tokens_per_cpu_second": tokens_per_step / cpu_s, "median_step_cpu_s": cpu_s,
-                             "steps_timed": len(timed), "ppl_before": before,
-                             "ppl_after": ppl(model, held, args.batch_size)}
-            print(name, json.dumps(results[name]), flush=True)
+        for round_ in range(args.repeats):  # rounds interleave the three runs so load drifts hit them alike
+            for name in runs:
+                model = build(name, args, tokenizer)
+                before = ppl(model, held, args.batch_size) if round_ == 0 else None
+                runner = run_hf if name == "hf_trainer" else run_hybridtune
+                times = runner(model, train, args, tmp / f"{name}-{round_}")
+                reset_accelerate()
+                runs[name] += times[args.warmup:] or times
+                if round_ == 0:  # every round trains the same way: the first one's perplexity stands for all
+                    ppls[name] = (before, ppl(model, held, args.batch_size))
+                print(name, round_, [round(t[0], 2) for t in times], flush=True)
+    results = {}
+    for name, timed in runs.items():
+        step_s = statistics.median(t[0] for t in timed)
+        cpu_s = statistics.median(t[1] for t in timed)
+        results[name] = {"tokens_per_second": tokens_per_step / step_s, "median_step_s": step_s,
+                         "tokens_per_cpu_second": tokens_per_step / cpu_s, "median_step_cpu_s": cpu_s,
+                         "steps_timed": len(timed), "ppl_before": ppls[name][0], "ppl_after": ppls[name][1]}
     hf, ht, htl = results["hf_trainer"], results["hybridtune"], results["hybridtune_lora"]
     out = {
         "throughput_ratio": ht["tokens_per_second"] / hf["tokens_per_second"],
@@ -191,7 +200,8 @@ def main() -> None:
                   "adapter": f"r={args.rank}, alpha={2 * args.rank}, targets={TARGETS}", "steps": args.steps,
                   "batch_size": args.batch_size, "block_size": args.block_size, "tokens_per_step": tokens_per_step,
                   "tokens_trained": args.steps * tokens_per_step, "lr": args.lr, "schedule": "cosine",
-                  "data": data_info, "eval_tokens": held.num_tokens, "seed": args.seed},
+                  "data": data_info, "eval_tokens": held.num_tokens, "seed": args.seed, "repeats": args.repeats,
+                  "timing": f"median over steps {args.warmup + 1}..{args.steps} of every round"},
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",
                     "load_average_at_end": os.getloadavg()},

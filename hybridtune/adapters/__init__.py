@@ -3,7 +3,8 @@
 Example:
     >>> from hybridtune.testing import tiny_model, tiny_batch
     >>> from hybridtune.adapters import spiking_lora_config, get_spiking_peft_model
-    >>> pm = get_spiking_peft_model(tiny_model("qwen3"), spiking_lora_config(r=4, neuron="lif", target_modules=["q_proj"]))
+    >>> cfg = spiking_lora_config(r=4, neuron="lif", target_modules=["q_proj"])
+    >>> pm = get_spiking_peft_model(tiny_model("qwen3"), cfg)
     >>> pm(**tiny_batch()).logits.shape
     torch.Size([2, 16, 256])
 """

@@ -166,7 +166,8 @@ class SpikingLoraConfig(LoraConfig):
         if self.init_b_std < 0:
             raise ValueError(f"init_b_std={self.init_b_std} must be >= 0")
         if self.use_dora:
-            raise ValueError("use_dora=True is not supported by spiking LoRA (the adapter output is not a weight delta)")
+            raise ValueError(
+                "use_dora=True is not supported by spiking LoRA (the adapter output is not a weight delta)")
         from .layer import register_custom_modules
 
         register_custom_modules(self)

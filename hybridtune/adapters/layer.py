@@ -227,7 +227,8 @@ class SpikingLoraLinear(LoraLinear):
                 n._call_state_in = s
         if all(s is None for s in states):
             return None
-        parts = [as_dtype(s, dtype) if s is not None else torch.zeros(bsz, n.rank, device=n.threshold().device, dtype=dtype)
+        device = neurons[0].threshold().device
+        parts = [as_dtype(s, dtype) if s is not None else torch.zeros(bsz, n.rank, device=device, dtype=dtype)
                  for n, s in zip(neurons, states)]
         return torch.cat(parts, dim=1)
 

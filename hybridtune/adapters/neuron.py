@@ -9,8 +9,10 @@ and is cleared by :meth:`reset_state` (``hybridtune.neurons.reset_state(model)``
 Example:
     >>> from hybridtune.adapters.config import LIFStrategy
     >>> n = BottleneckNeuron(4, LIFStrategy(threshold=0.5, decay=0.8))
-    >>> [round(v, 4) for v in (n.threshold()[0].item(), n.decay()[0].item())], sorted(k for k, _ in n.named_parameters())
-    ([0.5, 0.8], ['decay_logit', 'log_threshold'])
+    >>> round(n.threshold()[0].item(), 4), round(n.decay()[0].item(), 4)
+    (0.5, 0.8)
+    >>> sorted(k for k, _ in n.named_parameters())
+    ['decay_logit', 'log_threshold']
 """
 
 from __future__ import annotations

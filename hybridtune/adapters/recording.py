@@ -3,13 +3,14 @@
 While a :class:`SpikeRecorder` is attached, every ``SpikingLoraLinear`` forward appends one :class:`AdapterRecord`
 per active adapter:
 
-* **input spikes** -- on a spiking base the integer spike counts ``q = round(x_spk / theta)`` (int8, or int16 / int32 when a
-  count needs it) plus ``theta`` (float32; ``[B, T, 1]`` per token or ``[in]`` per channel, whatever the threshold
-  strategy returns). ``theta`` is known when the base ``SpikingLinear`` has its own encoder, or when its input is the
-  very tensor a graded encoder elsewhere produced in this forward (a site shared by q/k/v; the recorder hooks every
-  ``GradedNeuron`` while attached and matches outputs by identity). Otherwise (a plain base, or spikes from an
-  encoder without a threshold strategy, e.g. a threshold norm) the float input itself (float16) is kept in
-  ``input_values``. ``record.inputs()`` gives float32 either way. This is the input *before* spike dropout.
+* **input spikes** -- on a spiking base the integer spike counts ``q = round(x_spk / theta)`` (int8, or int16 /
+  int32 when a count needs it) plus ``theta`` (float32; ``[B, T, 1]`` per token or ``[in]`` per channel, whatever
+  the threshold strategy returns). ``theta`` is known when the base ``SpikingLinear`` has its own encoder, or when
+  its input is the very tensor a graded encoder elsewhere produced in this forward (a site shared by q/k/v; the
+  recorder hooks every ``GradedNeuron`` while attached and matches outputs by identity). Otherwise (a plain base,
+  or spikes from an encoder without a threshold strategy, e.g. a threshold norm) the float input itself (float16)
+  is kept in ``input_values``. ``record.inputs()`` gives float32 either way. This is the input *before* spike
+  dropout.
 * **bottleneck spikes** ``s`` (int8; int16 / int32 if an uncapped mt count needs it),
 * **membrane** (float16): the LIF membrane before thresholding, or ``h = x A^T`` for the memoryless neurons,
 * **output** (float16): the adapter's contribution ``scaling * y B^T`` to the layer output,

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["escape_scores", "graded_escape_log_prob", "logistic_noise", "membrane_noise_input"]
+__all__ = ["escape_scores", "graded_escape_log_prob", "logistic_noise", "membrane_noise_input", "noise_projections"]
 
 _KINDS = ("heaviside", "lif", "mt")
 
@@ -140,3 +140,26 @@ def membrane_noise_input(eps: Tensor, lora_a: Tensor) -> Tensor:
             "escape noise needs lora_A of full row rank (A Aᵀ is singular); initialise lora_A randomly "
             "(peft's default) rather than with zeros") from None
     return eps @ proj.to(eps.dtype)
+
+
+def noise_projections(factors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``(A Aᵀ)⁻¹ A`` (float64) for many ``lora_A`` factors, with one batched solve per distinct shape.
+
+    Example:
+        >>> p = noise_projections({"a": torch.tensor([[2.0, 0.0]]), "b": torch.tensor([[0.0, 4.0]])})
+        >>> p["a"].tolist(), p["b"].tolist()
+        ([[0.5, 0.0]], [[0.0, 0.25]])
+    """
+    by_shape: dict[tuple[int, ...], list[str]] = {}
+    for name, a in factors.items():
+        by_shape.setdefault((*a.shape, str(a.device)), []).append(name)
+    out: dict[str, Tensor] = {}
+    for names in by_shape.values():
+        a64 = torch.stack([factors[n].detach().double() for n in names])
+        try:
+            proj = torch.linalg.solve(a64 @ a64.transpose(1, 2), a64)
+        except RuntimeError:
+            raise ValueError("escape noise needs lora_A of full row rank (A Aᵀ is singular); initialise lora_A "
+                             "randomly (peft's default) rather than with zeros") from None
+        out.update(zip(names, proj.unbind(0)))
+    return out

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .escape import logistic_noise, membrane_noise_input
+from .escape import logistic_noise, noise_projections
 from .plastic_targets import FactorTarget
 
 __all__ = ["EscapeNoise", "PlasticRecording", "target_key"]
@@ -53,6 +53,9 @@ class _NoisyAdapterInput(nn.Module):
         self.noise, self.target = noise, target
         self.original = [original]  # a list: not registered as a submodule, so the model's module tree is unchanged
         self.p = getattr(original, "p", 0.0)  # the layer compares dropout rates of co-active adapters
+        if self.p > 0:  # the score function needs the very input the bottleneck saw; dropout would hide it
+            raise ValueError(f"escape noise on {target.layer}: lora_dropout={self.p} is not supported; set the "
+                             "adapter's dropout to 0 for rstdp with escape: true")
 
     def forward(self, x: Tensor) -> Tensor:
         from hybridtune.neurons.stats import recomputing
@@ -77,7 +80,7 @@ class _NoisyAdapterInput(nn.Module):
                     keep = (~info.reset.to(h.device)).to(h.dtype)
                 prev = F.pad(eps[:, :-1], (0, 0, 1, 0))
                 eps = eps - t.decay().float() * keep[..., None] * prev
-            delta = membrane_noise_input(eps, a).to(x.dtype)
+            delta = (eps @ self.noise.projection(t).to(eps.dtype)).to(x.dtype)
         self.noise.currents.setdefault(key, []).append(h)
         if torch.is_grad_enabled():
             self.noise.replay[key] = delta
@@ -94,11 +97,20 @@ class EscapeNoise:
         self._saved: list[tuple[FactorTarget, nn.Module]] = []
 
     def __enter__(self) -> EscapeNoise:
-        for t in self.targets:
-            original = t.module.lora_dropout[t.adapter]
-            self._saved.append((t, original))
-            t.module.lora_dropout[t.adapter] = _NoisyAdapterInput(self, t, original)
+        self._proj = noise_projections({target_key(t): t.lora_A for t in self.targets})
+        try:
+            for t in self.targets:
+                original = t.module.lora_dropout[t.adapter]
+                t.module.lora_dropout[t.adapter] = _NoisyAdapterInput(self, t, original)
+                self._saved.append((t, original))
+        except Exception:
+            self.__exit__(None, None, None)  # leave no layer half-swapped
+            raise
         return self
+
+    def projection(self, target: FactorTarget) -> Tensor:
+        """``(A Aᵀ)⁻¹ A`` of the target's current ``lora_A`` (computed for all targets on entering)."""
+        return self._proj[target_key(target)]
 
     def __exit__(self, *exc: Any) -> None:
         for t, original in self._saved:
@@ -122,11 +134,15 @@ class PlasticRecording:
         return self.recorder.pop()
 
     def __enter__(self) -> PlasticRecording:
-        self.recorder.__enter__()
-        self.stack.append(self.recorder)
-        if self.noise is not None:
-            self.noise.__enter__()
-            self.stack.append(self.noise)
+        try:
+            self.recorder.__enter__()
+            self.stack.append(self.recorder)
+            if self.noise is not None:
+                self.noise.__enter__()
+                self.stack.append(self.noise)
+        except Exception:
+            self.__exit__(None, None, None)  # a failed entry detaches what was attached
+            raise
         return self
 
     def __exit__(self, *exc: Any) -> None:

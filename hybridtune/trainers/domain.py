@@ -47,7 +47,10 @@ def attach_adapter(model: torch.nn.Module, section: AdapterSection) -> torch.nn.
         config = spiking_lora_config(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc), "adapter") from None
-    return get_spiking_peft_model(model, config)
+    try:
+        return get_spiking_peft_model(model, config)
+    except ValueError as exc:  # peft: target modules not found in the model
+        raise ConfigError(str(exc), "adapter.target_modules") from None
 
 
 @contextmanager

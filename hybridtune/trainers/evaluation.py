@@ -25,12 +25,16 @@ BatchContext = Callable[[Mapping[str, torch.Tensor]], AbstractContextManager]
 
 
 def causal_lm_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token NLL ``[B, L-1]`` (0 where the target is -100, computed in float32) and the number of targets."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:].to(shift_logits.device)
-    nll = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                          ignore_index=-100, reduction="none").view(shift_labels.shape)
-    return nll, (shift_labels != -100).sum()
+    """Per-token NLL ``[B, L-1]`` (0 where the target is -100, computed in float32) and the number of targets.
+
+    The labels are shifted, not the logits (as transformers' own loss does): slicing ``[B, L, vocab]`` logits would
+    copy them, which for a 50k vocabulary costs more than the loss itself.
+    """
+    shifted = F.pad(labels, (0, 1), value=-100)[:, 1:].to(logits.device)  # target of position t = token t+1
+    nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shifted.reshape(-1), ignore_index=-100,
+                          reduction="none").view(shifted.shape)
+    targets = shifted[:, :-1]
+    return nll[:, :-1], (targets != -100).sum()
 
 
 def model_nll(model: torch.nn.Module, batch: Mapping[str, torch.Tensor],

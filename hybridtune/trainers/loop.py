@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack, nullcontext
@@ -376,15 +377,16 @@ class Trainer:
             first_eval = self._evaluate_and_track()
         last_eval, logs = first_eval, {}
         bar = tqdm(total=t.steps, initial=self.state.step, desc="train", dynamic_ncols=True,
-                   disable=not acc.is_main_process)
+                   disable=not acc.is_main_process or os.environ.get("TQDM_DISABLE", "0").lower() not in ("", "0", "false"))
         self.model.train()
         while self.state.step < t.steps and not self.should_stop:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             logs = self.train_step()
             elapsed = time.perf_counter() - start
             self.state.step += 1
             self.state.train_seconds += elapsed
-            logs["train/step_s"] = elapsed
+            # wall time, and this process's CPU time (robust to other load on a shared machine)
+            logs["train/step_s"], logs["train/step_cpu_s"] = elapsed, time.process_time() - cpu
             self._log(logs, self.state.step)
             bar.update(1)
             bar.set_postfix(loss=f"{logs['train/loss']:.3f}", refresh=False)

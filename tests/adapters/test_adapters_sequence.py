@@ -130,7 +130,8 @@ def test_gradient_checkpointing_gives_same_gradients(neuron, make_spiking):
         mask[1, :3] = 0
         doc = torch.zeros(2, 10, dtype=torch.bool)
         doc[0, 4] = True
-        model(input_ids=batch["input_ids"], attention_mask=mask, doc_start=doc, labels=batch["input_ids"]).loss.backward()
+        out = model(input_ids=batch["input_ids"], attention_mask=mask, doc_start=doc, labels=batch["input_ids"])
+        out.loss.backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
     plain, checkpointed = grads(False), grads(True)

@@ -137,7 +137,6 @@ def test_resume_restores_learner_state_exactly(tmp_path):
 def test_example_configs_validate_and_name_their_learners(path):
     from hybridtune.trainers import build_learners
 
-    _register_if_missing()
     cfg = load_config(path)
     names = [spec.name for spec in cfg.learners]
     assert any(n in ("stdp", "rstdp") for n in names)
@@ -148,7 +147,6 @@ def test_example_configs_validate_and_name_their_learners(path):
 def test_sweep_options_tau_pre_tau_post_reach_the_stdp_learner():
     from hybridtune.trainers import build_learners
 
-    _register_if_missing()
     cfg = load_config(CONFIGS / "mix_stdp_surrogate.yaml", ["--learners.0.options.tau_pre=3.5",
                                                             "learners.0.options.tau_post=20"])
     stdp = build_learners(cfg)[0]
@@ -158,7 +156,6 @@ def test_sweep_options_tau_pre_tau_post_reach_the_stdp_learner():
 def test_mix_config_runs_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     from hybridtune.trainers.domain import run_domain_adaptation
 
-    _register_if_missing()
     model_dir = tmp_path / "tiny-llama"
     from hybridtune.testing import tiny_tokenizer
 
@@ -177,19 +174,10 @@ def test_mix_config_runs_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     assert "update_norm/mean" in report["learners"]["stdp"]
 
 
-def _register_if_missing():
-    """Until the built-in table names them, make ``stdp`` / ``rstdp`` resolvable the way a plugin would."""
-    from hybridtune.learners import available_learners, register_learner
-
-    for name, cls in (("stdp", STDPLearner), ("rstdp", RSTDPLearner)):
-        if name not in available_learners():
-            register_learner(name, cls)
-
-
 def test_stdp_and_rstdp_are_found_by_name():
-    """Fails until hybridtune/learners/registry.py's _BUILTINS lists stdp and rstdp (see the issue-6 report)."""
-    from hybridtune.learners import registry
+    """The built-in names resolve to these classes (what ``name: stdp`` in a run config builds)."""
+    from hybridtune.learners import available_learners, get_factory, learner
 
     for name, cls in (("stdp", STDPLearner), ("rstdp", RSTDPLearner)):
-        assert name in registry._BUILTINS, f"{name} is not a built-in learner yet"
-        assert registry._load(registry._BUILTINS[name], name) is cls
+        assert name in available_learners() and get_factory(name) is cls
+        assert isinstance(learner(name, params="lora_A", lr=1e-3, tau_pre=4.0), cls)

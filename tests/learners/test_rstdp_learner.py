@@ -336,3 +336,15 @@ def test_plain_stdp_is_the_three_factor_rule_with_unit_reward():
                        decay_post=learner.decay_post, reset=rec.reset, mask=rec.valid)
     name = next(n for n, q in owned.items() if q is param(model, rec, "A"))
     close(owned[name] - before[name], 0.01 * pure / norm(rec))
+
+
+def test_escape_noise_refuses_adapter_dropout_and_leaves_the_model_intact():
+    model = spiking("heaviside", targets=("q_proj",), dropout=0.1)
+    learner = RSTDPLearner(params="lora_A", escape=True)
+    setup(learner, model, "lora_A")
+    with pytest.raises(ValueError, match="lora_dropout"):
+        with learner.recording(model):
+            pass
+    for layer in (m for m in model.modules() if hasattr(m, "lora_dropout")):
+        assert layer.recorder is None
+        assert all(type(d).__name__ != "_NoisyAdapterInput" for d in layer.lora_dropout.values())

@@ -17,7 +17,8 @@ def sample(neuron: str, grad: bool, reset: bool = True, state: bool = True, bias
 
     return (rand(bsz, steps, d_in), torch.randn(d_out, d_in, generator=g), rand(d_out) if bias else None,
             rand(rank, d_in), rand(d_out, rank), 1.5, neuron,
-            (torch.rand(rank, generator=g) + 0.3).requires_grad_(grad), torch.rand(rank, generator=g).requires_grad_(grad),
+            (torch.rand(rank, generator=g) + 0.3).requires_grad_(grad),
+            torch.rand(rank, generator=g).requires_grad_(grad),
             (torch.rand(bsz, steps, generator=g) < 0.3) if reset else None, rand(bsz, rank) if state else None,
             3, "atan", 2.0)
 
