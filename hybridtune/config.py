@@ -38,9 +38,11 @@ class ConversionSection:
     """How the ANN becomes a frozen spiking model at T = 1 (see DESIGN.md sections 2-3)."""
 
     coverage: list[str] = field(default_factory=lambda: ["ffn_act", "linear_inputs"])
+    neuron: Literal["graded", "if"] | None = None  # None: graded at timesteps 1, rate-coded IF above
     threshold: Literal["dynamic", "static"] = "dynamic"
-    threshold_mode: Literal["mean_abs", "rms"] = "mean_abs"
+    threshold_mode: Literal["mean_abs", "rms", "max_abs"] = "mean_abs"  # max_abs: static thresholds only
     divisor: float = 8.0
+    attention_divisor: float | None = None  # None: divisor
     counting: Literal["base2", "unary"] = "base2"
     max_spikes: int | None = None
     compensation: bool = True
@@ -48,7 +50,9 @@ class ConversionSection:
     norms: Literal["keep", "threshold"] = "keep"
     calib_data: str = "python-docs"
     calib_tokens: int = 2048
+    calib_block: int = 512
     timesteps: int = 1
+    skip: list[str] = field(default_factory=list)  # module-name substrings whose linears stay float
 
     def validate(self) -> None:
         for i, level in enumerate(self.coverage):
@@ -63,6 +67,17 @@ class ConversionSection:
             raise ConfigError(f"got {self.timesteps}; must be >= 1", "timesteps")
         if self.calib_tokens < 1:
             raise ConfigError(f"got {self.calib_tokens}; must be >= 1", "calib_tokens")
+        if self.calib_block < 2:
+            raise ConfigError(f"got {self.calib_block}; must be >= 2", "calib_block")
+        if self.attention_divisor is not None and self.attention_divisor <= 0:
+            raise ConfigError(f"got {self.attention_divisor}; must be > 0 or null (same as divisor)",
+                              "attention_divisor")
+        if self.neuron == "graded" and self.timesteps != 1:
+            raise ConfigError(f"got timesteps={self.timesteps} with neuron: graded; graded neurons run at T = 1 "
+                              "(use neuron: if for rate coding)", "timesteps")
+        if self.threshold_mode == "max_abs" and self.threshold != "static":
+            raise ConfigError("max_abs needs threshold: static (a per-token max would follow every outlier)",
+                              "threshold_mode")
 
 
 @dataclass

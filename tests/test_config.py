@@ -80,3 +80,18 @@ def test_override_values_survive_the_wandb_args_round_trip(raw, expected):
 
 def test_sweep_style_learning_rate_reaches_the_config():
     assert load_config(None, ["--learners.0.lr=1e-05"]).learners[0].lr == 1e-05
+
+
+def test_conversion_section_reaches_every_conversion_setting():
+    from hybridtune.convert.config import from_section
+
+    cfg = load_config(None, ["conversion.threshold=static", "conversion.threshold_mode=max_abs",
+                             "conversion.timesteps=8", "conversion.divisor=1", "conversion.skip=[lm_head]",
+                             "conversion.calib_block=256", "conversion.attention_divisor=4"])
+    conv = from_section(cfg.conversion)
+    assert (conv.neuron, conv.timesteps, conv.threshold_mode, conv.counting) == ("if", 8, "max_abs", "unary")
+    assert conv.skip == ("lm_head",) and conv.calib_block == 256 and conv.attention_divisor == 4.0
+    with pytest.raises(ConfigError, match="conversion.timesteps"):
+        load_config(None, ["conversion.neuron=graded", "conversion.timesteps=4"])
+    with pytest.raises(ConfigError, match="conversion.threshold_mode"):
+        load_config(None, ["conversion.threshold_mode=max_abs"])

@@ -125,6 +125,7 @@ def _has_bias(module: nn.Module) -> bool:
 
 
 def _linear_op(name: str) -> str:
+    name = name.removesuffix(".base_layer")  # the layer inside a peft wrapper is still its layer
     return "lm_head" if "lm_head" in name else f"linear:{name.rsplit('.', 1)[-1]}"
 
 
@@ -150,12 +151,21 @@ class _Hooks:
 
     def __init__(self, model: nn.Module, census: Census):
         self.model, self.census = model, census
+        # spikes of each encoder's latest call, keyed by the output tensor's id (the tensor is kept so the id
+        # stays unique): an adapter whose input is a shared encoder's output finds its input spikes here
+        self.encoder_calls: dict[int, tuple[Tensor, float]] = {}
+        self._spikes_before: dict[int, float] = {}
         self.threshold_norm_encoders = {
             f"{name}.encoder" for name, m in model.named_modules() if type(m).__name__ == "ThresholdNorm"}
 
     def register(self) -> list:
         handles = []
         for name, module in self.model.named_modules():
+            if hasattr(module, "lora_neuron") and hasattr(module, "get_base_layer"):
+                handles += self.adapter_hooks(name, module)
+                continue
+            if hasattr(module, "fan_out") and "stats" in vars(module):
+                handles += self.encoder_hooks(module)
             hook = self.hook_for(name, module)
             if hook is not None:
                 kwargs = {"with_kwargs": True} if hook[1] else {}
@@ -230,6 +240,59 @@ class _Hooks:
         if tname.endswith("Attention") and (hasattr(module, "q_proj") or hasattr(module, "c_attn")):
             return self.attention_hook(layer, module), True
         return None
+
+    def encoder_hooks(self, module: nn.Module) -> list:
+        """Remember the spikes of each call of an encoder (the delta of its stats) by its output tensor."""
+        def before(mod, args):
+            self._spikes_before[id(mod)] = mod.stats.spikes if mod.stats is not None else 0.0
+
+        def after(mod, args, out):
+            if isinstance(out, Tensor) and mod.stats is not None:
+                if len(self.encoder_calls) > 64:  # only the latest outputs can still be some layer's input
+                    self.encoder_calls.clear()
+                self.encoder_calls[id(out)] = (out, mod.stats.spikes - self._spikes_before.get(id(mod), 0.0))
+        return [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+
+    def adapter_hooks(self, name: str, module: nn.Module) -> list:
+        """A spiking LoRA layer: its fused op bypasses the base layer's and the factors' forwards, so count here.
+
+        Base linear as usual; ``lora_shrink`` (input x A^T) is spike-driven when the base input is, its SOPs are
+        the input spikes times the rank; ``lora_expand`` (bottleneck spikes x B^T) is spike-driven, its SOPs are
+        counted by the bottleneck neurons (fan-out ``out_features``); adding the adapter output is one add each.
+        """
+        layer, add = layer_of(name), self.census.add
+        base = module.get_base_layer()
+        dims = _linear_dims(base)
+        own = getattr(base, "encoder", None)
+        own = own if own is not None and "stats" in vars(own) else None
+
+        def before(mod, args):
+            if own is not None:
+                self._spikes_before[id(mod)] = own.stats.spikes if own.stats is not None else 0.0
+
+        def after(mod, args, out):
+            names = [] if mod.disable_adapters or mod.merged else mod._active_spiking()
+            if not names or dims is None:
+                return  # the base layer ran as a module and counted itself
+            n = _tokens(args[0], dims[0])
+            rank = sum(int(mod.r[a]) for a in names)
+            spiking_in = _is_spike_input(base)
+            add(layer, _linear_op(name), ann_mac=n * dims[0] * dims[1], spike_driven=spiking_in)
+            if _has_bias(base):
+                add(layer, "bias_add", ann_ac=n * dims[1])
+            add(layer, "lora_shrink", ann_mac=n * dims[0] * rank, spike_driven=spiking_in)
+            add(layer, "lora_expand", ann_mac=n * rank * dims[1], spike_driven=True)
+            add(layer, "lora_add", ann_ac=n * dims[1])
+            if not spiking_in or self.census.stats is None:
+                return
+            if own is not None:
+                spikes = (own.stats.spikes if own.stats is not None else 0.0) - self._spikes_before.get(id(mod), 0.0)
+            else:
+                call = self.encoder_calls.get(id(args[0]))
+                spikes = call[1] if call is not None and call[0] is args[0] else 0.0
+            key = f"{name}.lora_shrink"
+            self.census.stats.setdefault(key, SpikeStats()).sops += spikes * rank
+        return [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
 
     def moe_hook(self, layer: str, module: nn.Module):
         add = self.census.add

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from hybridtune import ops
 from hybridtune.neurons.stats import recomputing as _engine_recomputing
+from hybridtune.neurons.stats import record_spikes
 from hybridtune.ops.reference import as_dtype
 
 from .neuron import BottleneckNeuron
@@ -144,9 +145,15 @@ class SpikingLoraLinear(LoraLinear):
             info.reset if info is not None else None, state_in, strategy.op_max_spikes, strategy.surrogate,
             float(strategy.slope))
         if x_in is not x3:  # dropout active: add the base contribution of the dropped spikes
-            out = out + F.linear(x3 - x_in, weight)
+            # (a stand-in that perturbs the adapter input, e.g. escape noise, may know a cheaper correction)
+            fix = getattr(dropout, "base_correction", None)
+            out = out + (fix(weight) if fix is not None else F.linear(x3 - x_in, weight))
         if strategy.stateful and not replay:
             self._store_state(neurons, state_out)
+        if not replay and any(n.stats is not None for n in neurons):
+            for neuron, s in zip(neurons, spikes.detach().split([n.rank for n in neurons], dim=-1)):
+                neuron.fan_out = weight.shape[0]  # each bottleneck spike drives one column of lora_B
+                record_spikes(neuron.stats, s, neuron.fan_out)
         if self.recorder is not None and not replay:
             self.recorder.capture(self, names, neurons, x, x_spk=x3, spikes=spikes, state_in=state_in, info=info)
         if out.shape[:-1] != lead:

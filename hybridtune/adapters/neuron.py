@@ -49,6 +49,10 @@ class BottleneckNeuron(nn.Module):
         else:
             self.register_buffer("fixed_decay", torch.full((rank,), decay))
         self.register_buffer("state", None, persistent=False)
+        # spike statistics while hybridtune.accounting counts (None otherwise); each spike drives one column of
+        # lora_B, so the layer sets fan_out to its out_features
+        self.stats = None
+        self.fan_out = 1
         # membrane at the start of the current model call, reused if gradient checkpointing recomputes the forward
         self._call_state_in: Tensor | None = None
 

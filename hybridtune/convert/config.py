@@ -186,7 +186,9 @@ def from_section(section: Any) -> ConversionConfig:
     if data.get("softmax", "keep") != "keep" and "attention" not in coverage:
         coverage.append("attention")
     data["coverage"] = tuple(coverage)
-    if "neuron" not in data:
+    if "skip" in data:
+        data["skip"] = tuple(data["skip"])
+    if data.get("neuron") is None:
         data["neuron"] = "if" if int(data.get("timesteps", 1)) > 1 else "graded"
     if data["neuron"] == "if":
         data["counting"] = "unary"

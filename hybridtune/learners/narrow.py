@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .plasticity import discounted_reverse_cumsum, trace_scan
+from .plasticity import reverse_trace_scan, trace_scan
 
 __all__ = ["narrow_post_terms", "narrow_pre_terms", "narrow_stdp_terms", "reverse_trace", "trace_pairs"]
 
@@ -49,16 +49,10 @@ def reverse_trace(s: Tensor, decay: float, *, reset: Tensor | None = None, mask:
         >>> reverse_trace(torch.tensor([[1.0], [0.0], [2.0]]), 0.5).flatten().tolist()
         [1.5, 1.0, 2.0]
     """
-    r = s.movedim(-1, -2)  # [..., C, L]
-    flags = {}
-    if reset is not None:
-        flags["reset"] = reset.unsqueeze(-2)
-    if mask is not None:
-        flags["mask"] = mask.unsqueeze(-2)
-    out = discounted_reverse_cumsum(r, decay, chunk=chunk, **flags)
+    out = reverse_trace_scan(s, decay, reset=reset, mask=mask, chunk=chunk)
     if not inclusive:
-        out = out - (r * mask.unsqueeze(-2).to(r.dtype) if mask is not None else r)
-    return out.movedim(-2, -1)
+        out = out - (s * mask[..., None].to(out.dtype) if mask is not None else s)
+    return out
 
 
 def _rows(x: Tensor) -> Tensor:

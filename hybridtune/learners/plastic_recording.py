@@ -63,7 +63,8 @@ class _NoisyAdapterInput(nn.Module):
         t = self.target
         key = target_key(t)
         if recomputing():  # gradient checkpointing re-runs the forward: replay the same perturbation
-            return x + self.noise.replay[key]
+            delta, self._eps = self.noise.replay[key]
+            return x + delta
         active = [n for n in t.module.active_adapters if n in t.module.lora_A]
         if active != [t.adapter]:
             raise RuntimeError(f"escape noise on {t.layer}: adapter {t.adapter!r} must be the only active adapter "
@@ -82,9 +83,17 @@ class _NoisyAdapterInput(nn.Module):
                 eps = eps - t.decay().float() * keep[..., None] * prev
             delta = (eps @ self.noise.projection(t).to(eps.dtype)).to(x.dtype)
         self.noise.currents.setdefault(key, []).append(h)
+        self._eps = eps
         if torch.is_grad_enabled():
-            self.noise.replay[key] = delta
+            self.noise.replay[key] = (delta, eps)
         return x + delta
+
+    def base_correction(self, weight: Tensor) -> Tensor:
+        """What the layer adds so its frozen base sees the clean input: ``-δ Wᵀ = -ε (P Wᵀ)`` (``P`` the noise
+        projection), a rank-r product instead of a second full base GEMM on ``x - (x + δ)``."""
+        with torch.no_grad():
+            m = self.noise.projection(self.target).to(torch.float32) @ weight.detach().t().float()  # [r, out]
+            return (self._eps @ m).neg_().to(weight.dtype)
 
 
 class EscapeNoise:

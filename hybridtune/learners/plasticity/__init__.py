@@ -34,7 +34,14 @@ from .rstdp import (
     sequence_reward_weights,
 )
 from .stdp import stdp_delta, stdp_online_step, stdp_terms, stdp_update
-from .traces import decay_from_tau, discounted_reverse_cumsum, trace_scan, trace_sequential, trace_step
+from .traces import (
+    decay_from_tau,
+    discounted_reverse_cumsum,
+    reverse_trace_scan,
+    trace_scan,
+    trace_sequential,
+    trace_step,
+)
 
 __all__ = [
     "additive_delta",
@@ -42,6 +49,7 @@ __all__ = [
     "decay_from_tau",
     "dense_reward_weights",
     "discounted_reverse_cumsum",
+    "reverse_trace_scan",
     "ema_baseline",
     "escape_probability",
     "group_mean_baseline",

@@ -30,6 +30,7 @@ from torch import Tensor
 __all__ = [
     "decay_from_tau",
     "discounted_reverse_cumsum",
+    "reverse_trace_scan",
     "trace_scan",
     "trace_sequential",
     "trace_step",
@@ -245,6 +246,42 @@ def trace_scan(
     return x.reshape(s.shape)
 
 
+def reverse_trace_scan(
+    s: Tensor,
+    decay: float | Tensor,
+    *,
+    reset: Tensor | None = None,
+    mask: Tensor | None = None,
+    chunk: int | None = None,
+) -> Tensor:
+    """Reverse (anti-causal) traces ``y[k] = Σ_{t>=k} λ^(#real tokens in (k, t]) s[t]`` of ``s [..., L, C]``.
+
+    The adjoint of :func:`trace_scan`: the sum stops at the next document start (``reset [..., L]``) and skips
+    padded positions (``mask`` False: no input, no decay step). The flags are shared by all channels, so the decay
+    matrices are built once per sequence, not once per channel.
+
+    Example:
+        >>> reverse_trace_scan(torch.tensor([[1.0], [0.0], [2.0]]), 0.5).flatten().tolist()
+        [1.5, 1.0, 2.0]
+    """
+    _check_spikes(s)
+    return _reverse(s, _decay_tensor(decay, _float_dtype(s), s.device), reset, mask, chunk)
+
+
+def _reverse(s: Tensor, lam: Tensor, reset: Tensor | None, mask: Tensor | None, chunk: int | None) -> Tensor:
+    dtype = lam.dtype
+    length, ch = s.shape[-2:]
+    valid = _flags(mask, s.shape[:-1], "mask", True, s.device)
+    rst = _flags(reset, s.shape[:-1], "reset", False, s.device)
+    # Going backwards, the factor between y[k] and y[k+1] is the forward a[k+1]: shift the flags by one.
+    valid_next = torch.cat([valid[..., 1:], torch.ones_like(valid[..., :1])], dim=-1)
+    reset_next = torch.cat([rst[..., 1:], torch.zeros_like(rst[..., :1])], dim=-1)
+    u = (s.to(dtype) * valid[..., None]).flip(-2).reshape(-1, length, ch)
+    y = _scan(u, lam, valid_next.flip(-1).reshape(-1, length), reset_next.flip(-1).reshape(-1, length), None, True,
+              chunk or _auto_chunk(length))
+    return y.reshape(s.shape).flip(-2)
+
+
 def discounted_reverse_cumsum(
     r: Tensor,
     gamma: float | Tensor,
@@ -258,7 +295,7 @@ def discounted_reverse_cumsum(
     The sum stops at the next document start (``reset[t]`` True for some t in (k, t']) and skips padded positions
     (``mask`` False: no reward, no discount step), matching an eligibility ``e[t] = γ e[t-1] + z[t]`` that resets
     and skips the same way; then ``Σ_t r[t] e[t] = Σ_k y[k] z[k]``. ``r``: ``[..., L]``. Chunked and stable
-    (it is :func:`trace_scan` run backwards).
+    (:func:`reverse_trace_scan` with one channel).
 
     Example:
         >>> discounted_reverse_cumsum(torch.tensor([1.0, 0.0, 2.0]), 0.5).tolist()
@@ -266,22 +303,5 @@ def discounted_reverse_cumsum(
     """
     if r.dim() < 1:
         raise ValueError(f"r must have shape [..., L], got {tuple(r.shape)}")
-    dtype = _float_dtype(r)
-    lam = _decay_tensor(gamma, dtype, r.device, name="gamma")
-    length = r.shape[-1]
-    valid = _flags(mask, r.shape, "mask", True, r.device)
-    rst = _flags(reset, r.shape, "reset", False, r.device)
-    # Going backwards, the factor between y[k] and y[k+1] is the forward a[k+1]: shift the flags by one.
-    valid_next = torch.cat([valid[..., 1:], torch.ones_like(valid[..., :1])], dim=-1)
-    reset_next = torch.cat([rst[..., 1:], torch.zeros_like(rst[..., :1])], dim=-1)
-    u = (r.to(dtype) * valid).flip(-1).reshape(-1, length, 1)
-    y = _scan(
-        u,
-        lam,
-        valid_next.flip(-1).reshape(-1, length),
-        reset_next.flip(-1).reshape(-1, length),
-        None,
-        True,
-        chunk or _auto_chunk(length),
-    )
-    return y.reshape(r.shape[:-1] + (length,)).flip(-1)
+    lam = _decay_tensor(gamma, _float_dtype(r), r.device, name="gamma")
+    return _reverse(r[..., None], lam, reset, mask, chunk)[..., 0]
