@@ -216,6 +216,15 @@ class TrainerSection:
 
 
 @dataclass
+class OpsSection:
+    """Which implementation runs the ``spike_lora`` op: ``auto`` (the CUDA kernel on a GPU where it loads, else
+    the PyTorch reference), ``torch`` or ``cuda`` (an error where the kernel cannot load). ``null``: the
+    ``HYBRIDTUNE_OP_BACKEND`` environment variable, else ``auto``."""
+
+    backend: Literal["auto", "torch", "cuda"] | None = None
+
+
+@dataclass
 class TrackingSection:
     """Where metrics go: W&B (online / offline / disabled), TensorBoard, or nowhere (``metrics.jsonl`` always).
 
@@ -244,6 +253,7 @@ class RunConfig:
     data: DataSection = field(default_factory=DataSection)
     trainer: TrainerSection = field(default_factory=TrainerSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
+    ops: OpsSection = field(default_factory=OpsSection)
     hybridtune_version: str = __version__
 
     def validate(self) -> None:

@@ -42,6 +42,10 @@ def collect() -> dict:
         facts["cuda"] = {"available": False, "torch_cuda": None}
     try:
         ops = importlib.import_module("hybridtune.ops")
+        try:
+            ops.activate()  # resolve what a run would use now (auto may compile the kernel on a GPU machine)
+        except Exception as exc:  # e.g. cuda requested where it cannot load: say so, doctor itself must not fail
+            facts["op_backend_error"] = str(exc)
         facts["op_backends"] = ops.backend_info()
     except ImportError as exc:
         facts["op_backends"] = {"error": f"hybridtune.ops unavailable: {exc}"}
@@ -63,4 +67,6 @@ def run(args: argparse.Namespace) -> int:
     print("spike_lora op backends:")
     for key, value in facts["op_backends"].items():
         print(f"  {key}: {value}")
+    if "op_backend_error" in facts:
+        print(f"  ERROR: {facts['op_backend_error']}")
     return 0

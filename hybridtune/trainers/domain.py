@@ -31,7 +31,7 @@ from ..config_schema import ConfigError, to_dict
 from .cache import cached_conversion
 from .data import build_data, open_corpora
 from .evaluation import evaluate_perplexity
-from .loop import Trainer, TrainerCallback, build_learners, make_accelerator
+from .loop import Trainer, TrainerCallback, apply_op_backend, build_learners, make_accelerator
 from .rundir import open_run_dir
 
 PIPELINE_FILE = "pipeline.json"  # what was measured before training (reused on resume)
@@ -94,6 +94,7 @@ def run_domain_adaptation(cfg: RunConfig, *, echo: Callable[[str], None] | None 
     started = time.perf_counter()
     # Everything that can be checked cheaply fails before the output directory is touched.
     learners = build_learners(cfg)
+    apply_op_backend(cfg)
     try:
         resolve_source(cfg.model.name)
     except ModelLoadError as exc:

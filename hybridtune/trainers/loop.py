@@ -103,6 +103,18 @@ def make_accelerator(cfg: RunConfig):
                        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
 
 
+def apply_op_backend(cfg: RunConfig) -> None:
+    """Select the ``spike_lora`` backend the config asks for (``ops.backend``; None leaves the environment's)."""
+    if cfg.ops.backend is None:
+        return
+    from .. import ops
+
+    try:
+        ops.set_backend(cfg.ops.backend)
+    except Exception as exc:  # cuda asked for where it cannot load: a config problem, never a silent fallback
+        raise ConfigError(f"got {cfg.ops.backend!r}, which cannot be used here: {exc}", "ops.backend") from None
+
+
 def build_learners(cfg: RunConfig) -> list[Learner]:
     """The learners of ``cfg.learners`` (each spec's ``options`` become factory keyword arguments)."""
     out = []
@@ -156,6 +168,7 @@ class Trainer:
                  batch_context: BatchContext | None = None, run_dir: RunDir | None = None,
                  extra_metrics: Any = None, model_keys: Sequence[str] | None = None, tokenizer: Any = None):
         self.cfg = config if config is not None else RunConfig()
+        apply_op_backend(self.cfg)
         if train_data is None:
             from ..models import load_tokenizer
             from .data import build_data

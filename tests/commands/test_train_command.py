@@ -100,3 +100,20 @@ def test_errors_only_the_model_can_reveal_still_exit_2(tmp_path, th, capsys):
     assert main(["train", str(config), "--out", str(tmp_path / "b"), "learners.0.params=nope"]) == 2
     err = capsys.readouterr().err
     assert "learners:" in err and "matches no trainable parameter" in err
+
+
+def test_op_backend_comes_from_the_config_and_cuda_without_a_gpu_exits_2(tmp_path, th, capsys):
+    import torch
+
+    from hybridtune import ops
+
+    config = th.tiny_run_yaml(tmp_path)
+    try:
+        if not torch.cuda.is_available():
+            assert main(["train", str(config), "ops.backend=cuda"]) == 2
+            assert "ops.backend:" in capsys.readouterr().err
+            assert not (tmp_path / "run").exists()  # refused before anything was written
+        assert main(["train", str(config), "ops.backend=torch", "trainer.steps=1"]) == 0
+        assert ops.backend_info()["active"] == "torch"
+    finally:
+        ops.set_backend(None)
