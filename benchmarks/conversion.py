@@ -11,7 +11,7 @@ arithmetic (count x theta is an integer activation on a theta grid), so its perp
 construction and is not re-evaluated; ``activation_bits`` says how many bits that integer needs. For rate-coded IF
 at T it is the grid theta/T with +-T levels and round-to-nearest, evaluated separately (the IF neuron floors).
 
-Run:  python benchmarks/conversion.py            (full: 2 x 8,192 tokens, ~25 min on 2 idle cores)
+Run:  python benchmarks/conversion.py            (full: 2 x 8,192 tokens, ~30 min on 2 idle cores)
       python benchmarks/conversion.py --quick    (2 x 1,024 tokens, fewer rows; a smoke run, not written by default)
 """
 
@@ -212,12 +212,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="results JSON (default benchmarks/results/conversion.json; "
                                                     "--quick writes nothing unless given)")
     parser.add_argument("--plot", default=None, metavar="DIR", help="also write the accounting PNGs here")
+    parser.add_argument("--table", action="store_true", help="only print the README table of --out (or the default)")
     parser.add_argument("--retime", action="store_true",
                         help="only re-measure time_ratio / cpu_time_ratio of the rows in --out (an existing results "
                              "file) and update it; for a quiet machine after a run on a busy one")
     args = parser.parse_args(argv)
     if args.retime:
         return retime(args)
+    if args.table:
+        path = Path(args.out or Path(__file__).parent / "results" / "conversion.json")
+        print(markdown_table(json.loads(path.read_text())["rows"]))
+        return 0
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     tokens = args.tokens or (1024 if args.quick else 8192)
@@ -368,7 +373,9 @@ def markdown_table(rows: list[dict]) -> str:
             "time ratio |\n|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
-        lines.append(f"| {'+'.join(r['coverage'])} | {r['neuron']} | {r['T']} | {r['ppl_ratio']:.4f} | "
+        softmax = r.get("config", {}).get("softmax", "keep")
+        neuron = f"{r['neuron']}, softmax {softmax}" if "attention" in r["coverage"] else r["neuron"]
+        lines.append(f"| {'+'.join(r['coverage'])} | {neuron} | {r['T']} | {r['ppl_ratio']:.4f} | "
                      f"{r['spikes_per_neuron']:.2f} | {r['energy_ratio_fp32']:.2f}x | {r['energy_ratio_int8']:.2f}x | "
                      f"{r['quantized_ann_ppl_ratio']:.4f} | {r['time_ratio']:.2f} |")
     return "\n".join(lines)
