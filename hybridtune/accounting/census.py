@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import re
+import weakref
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -151,9 +152,10 @@ class _Hooks:
 
     def __init__(self, model: nn.Module, census: Census):
         self.model, self.census = model, census
-        # spikes of each encoder's latest call, keyed by the output tensor's id (the tensor is kept so the id
-        # stays unique): an adapter whose input is a shared encoder's output finds its input spikes here
-        self.encoder_calls: dict[int, tuple[Tensor, float]] = {}
+        # spikes of each encoder's latest call, keyed by the output tensor's id (with a weak reference that tells a
+        # reused id from the same tensor, and keeps no activation alive): an adapter whose input is a shared
+        # encoder's output finds its input spikes here
+        self.encoder_calls: dict[int, tuple[weakref.ref, float]] = {}
         self._spikes_before: dict[int, float] = {}
         self.threshold_norm_encoders = {
             f"{name}.encoder" for name, m in model.named_modules() if type(m).__name__ == "ThresholdNorm"}
@@ -250,7 +252,8 @@ class _Hooks:
             if isinstance(out, Tensor) and mod.stats is not None:
                 if len(self.encoder_calls) > 64:  # only the latest outputs can still be some layer's input
                     self.encoder_calls.clear()
-                self.encoder_calls[id(out)] = (out, mod.stats.spikes - self._spikes_before.get(id(mod), 0.0))
+                spikes = mod.stats.spikes - self._spikes_before.get(id(mod), 0.0)
+                self.encoder_calls[id(out)] = (weakref.ref(out), spikes)
         return [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
 
     def adapter_hooks(self, name: str, module: nn.Module) -> list:
@@ -289,7 +292,7 @@ class _Hooks:
                 spikes = (own.stats.spikes if own.stats is not None else 0.0) - self._spikes_before.get(id(mod), 0.0)
             else:
                 call = self.encoder_calls.get(id(args[0]))
-                spikes = call[1] if call is not None and call[0] is args[0] else 0.0
+                spikes = call[1] if call is not None and call[0]() is args[0] else 0.0
             key = f"{name}.lora_shrink"
             self.census.stats.setdefault(key, SpikeStats()).sops += spikes * rank
         return [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
