@@ -14,10 +14,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config, to_dict
+    from ..config import load_config, read_yaml, to_dict
 
-    cfg = load_config(args.config, list(args.overrides))
+    overrides = list(args.overrides)
+    data = read_yaml(args.config) or {}
+    if "continual" in data or any(o.lstrip("-").startswith("continual.") for o in overrides):
+        # a `hybridtune continual` config: its continual section is read beside the run config
+        from ..trainers.continual_config import load_continual_config
+
+        cfg, section = load_continual_config(args.config, overrides)
+        resolved = {**to_dict(cfg), "continual": to_dict(section)}
+    else:
+        resolved = to_dict(load_config(args.config, overrides))
     if args.show:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        print(yaml.safe_dump(resolved, sort_keys=False), end="")
     print(f"{args.config}: valid")
     return 0

@@ -46,3 +46,13 @@ def test_validate_bad_override_value_exits_2(tmp_path, capsys):
 def test_unknown_command_exits_2():
     out = subprocess.run([sys.executable, "-m", "hybridtune.cli", "frobnicate"], capture_output=True, text=True)
     assert out.returncode == 2
+
+
+def test_validate_reads_a_continual_config_and_its_section(capsys):
+    from pathlib import Path
+
+    shared = Path(__file__).resolve().parents[2] / "configs" / "continual" / "shared.yaml"
+    assert main(["validate", "--print", str(shared)]) == 0
+    assert "continual:" in capsys.readouterr().out
+    assert main(["validate", str(shared), "continual.adapter=nope"]) == 2
+    assert "continual.adapter" in capsys.readouterr().err
