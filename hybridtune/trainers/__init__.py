@@ -1,4 +1,4 @@
-"""Accelerate trainers: the shared loop, checkpoints, evaluation, and the domain-adaptation pipeline.
+"""Accelerate trainers: the shared loop, checkpoints, evaluation, domain adaptation and continual learning.
 
 Example:
     >>> from hybridtune.trainers import Trainer, TrainerCallback, open_run_dir   # doctest: +SKIP
@@ -15,6 +15,8 @@ _LAZY = {
     "load_checkpoint": "checkpoint", "latest_checkpoint": "checkpoint", "evaluate_perplexity": "evaluation",
     "causal_lm_nll": "evaluation", "BlockSampler": "sampler", "write_report": "report", "load_report": "report",
     "run_domain_adaptation": "domain", "build_data": "data", "cached_conversion": "cache",
+    "apply_op_backend": "loop", "ContinualTrainer": "continual", "run_continual": "continual_pipeline",
+    "ContinualSection": "continual_config", "load_continual_config": "continual_config",
 }
 
 __all__ = sorted(_LAZY)
