@@ -26,59 +26,19 @@ Usage: python benchmarks/adapters.py [--seq-lens 128 512] [--repeats 5] [--neuro
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import os
 import platform
 import statistics
-import threading
 import time
 from pathlib import Path
 
 import torch
+from heap import PeakSampler
 
 from hybridtune import __version__
 
 TIME_TARGET, MEMORY_TARGET = 1.3, 1.2
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
-
-
-_LIBC = ctypes.CDLL("libc.so.6")
-_LIBC.mallinfo2.restype = _MallInfo2
-
-
-def heap_in_use() -> int:
-    info = _LIBC.mallinfo2()
-    return int(info.uordblks + info.hblkhd)
-
-
-class PeakSampler:
-    """Highest ``heap_in_use()`` seen by a background thread while the block runs (interval in seconds)."""
-
-    def __init__(self, interval: float = 2e-4):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, heap_in_use())
-            time.sleep(self.interval)
-
-    def __enter__(self) -> PeakSampler:
-        self.peak = heap_in_use()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, heap_in_use())
 
 
 def train_step(model, batch: dict) -> None:
@@ -148,11 +108,9 @@ def measure(models: dict, batch: dict, repeats: int, mem_repeats: int) -> dict:
     peaks: dict[str, list[int]] = {k: [] for k in models}
     for _ in range(mem_repeats):
         for name, model in models.items():
-            gc.collect()
-            before = heap_in_use()
             with PeakSampler() as sampler:
                 train_step(model, batch)
-            peaks[name].append(sampler.peak - before)
+            peaks[name].append(sampler.peak - sampler.start)
     return {name: {"step_s": statistics.median(times[name]), "step_s_all": [round(t, 4) for t in times[name]],
                    "wall_s": statistics.median(walls[name]), "wall_s_all": [round(t, 4) for t in walls[name]],
                    "peak_mb": statistics.median(peaks[name]) / 2**20,

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
 import gc
 import json
 import os
@@ -38,11 +37,11 @@ import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import torch
+from heap import PeakSampler
 
 from hybridtune import __version__
 
@@ -50,46 +49,6 @@ TARGETS = {"time_ratio": 0.6, "memory_ratio": 0.5, "mix_within": 0.02}
 VARIANTS = ("surrogate", "stdp", "rstdp", "mix_stdp_surrogate", "mix_rstdp_surrogate", "lora_ann")
 DEFAULT_VARIANTS = ("surrogate", "stdp", "rstdp", "mix_stdp_surrogate", "lora_ann")
 RESULT = Path(__file__).parent / "results" / "learners.json"
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
-
-
-_LIBC = ctypes.CDLL("libc.so.6")
-_LIBC.mallinfo2.restype = _MallInfo2
-
-
-def heap_in_use() -> int:
-    info = _LIBC.mallinfo2()
-    return int(info.uordblks + info.hblkhd)
-
-
-class PeakSampler:
-    """Highest ``heap_in_use()`` seen by a background thread while the block runs."""
-
-    def __init__(self, interval: float = 1e-3):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, heap_in_use())
-            time.sleep(self.interval)
-
-    def __enter__(self) -> PeakSampler:
-        gc.collect()
-        self.start = heap_in_use()
-        self.peak = self.start
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, heap_in_use())
 
 
 def learners_for(variant: str, args) -> list:
@@ -136,7 +95,7 @@ def make_trainer_class():
                 logs = super().train_step()
                 self.step_seconds.append(time.perf_counter() - start)
                 return logs
-            with PeakSampler() as mem:
+            with PeakSampler(interval=1e-3) as mem:
                 logs = super().train_step()
             self.step_peaks.append(mem.peak - mem.start)
             return logs
