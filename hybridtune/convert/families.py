@@ -55,11 +55,7 @@ class Llama4Recipe(DecoderRecipe):
 
     def layer_sites(self, model: nn.Module, p: str, config: ConversionConfig, plan: Plan) -> None:
         lay, cov = self.layout, set(config.coverage)
-        if "linear_inputs" in cov:
-            self.add_norm_site(model, plan, config, f"{p}.{lay.attn_norm}", tuple(f"{p}.{c}" for c in lay.attn_inputs))
-            self.add_input_site(model, plan, f"{p}.{lay.attn_out}")
-        if "attention" in cov:
-            plan.attention.append(f"{p}.{lay.attn}")
+        self.attention_sites(model, p, config, plan)
         ff = get_module(model, f"{p}.feed_forward")
         if type(ff).__name__ != "Llama4TextMoe":
             self.mlp_sites(model, plan, config, p, lay.mlp_norm, lay.mlp_inputs, lay.mlp_act, lay.mlp_down, True)

@@ -88,14 +88,19 @@ class DecoderRecipe:
         plan.float_notes.extend(self.float_notes(config, plan))
         return plan
 
-    def layer_sites(self, model: nn.Module, p: str, config: ConversionConfig, plan: Plan) -> None:
-        """Add one decoder layer's sites (override for layers that differ, e.g. MoE)."""
+    def attention_sites(self, model: nn.Module, p: str, config: ConversionConfig, plan: Plan) -> None:
+        """One decoder layer's attention sites: q/k/v and o_proj inputs, and the attention module itself."""
         lay, cov = self.layout, set(config.coverage)
         if "linear_inputs" in cov:
             self.add_norm_site(model, plan, config, f"{p}.{lay.attn_norm}", tuple(f"{p}.{c}" for c in lay.attn_inputs))
             self.add_input_site(model, plan, f"{p}.{lay.attn_out}")
         if "attention" in cov:
             plan.attention.append(f"{p}.{lay.attn}")
+
+    def layer_sites(self, model: nn.Module, p: str, config: ConversionConfig, plan: Plan) -> None:
+        """Add one decoder layer's sites (override for layers that differ, e.g. MoE)."""
+        lay = self.layout
+        self.attention_sites(model, p, config, plan)
         self.mlp_sites(model, plan, config, p, lay.mlp_norm, lay.mlp_inputs, lay.mlp_act, lay.mlp_down, lay.glu)
 
     def mlp_sites(self, model: nn.Module, plan: Plan, config: ConversionConfig, p: str, norm: str | None,

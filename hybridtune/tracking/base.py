@@ -98,7 +98,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-class JsonlTracker:
+class JsonlTracker(NullTracker):
     """Appends ``{"step": s, **metrics}`` lines to ``path``, flushed per line (a killed run loses at most one).
 
     ``resume_step``: keep only the rows with ``step <= resume_step`` (what the checkpoint being resumed had seen),
@@ -122,15 +122,7 @@ class JsonlTracker:
         self._fh.write(json.dumps(row) + "\n")
         self._fh.flush()
 
-    def summary(self, values: Mapping[str, Any]) -> None:
-        pass  # the trainer writes the final report itself
-
-    def log_image(self, key: str, path: str | Path, step: int | None = None) -> None:
-        pass
-
-    def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
-                  step: int | None = None) -> None:
-        pass
+    # summary, images and tables: discarded (the trainer writes the final report itself)
 
     def finish(self) -> None:
         if not self._fh.closed:
