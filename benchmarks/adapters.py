@@ -2,7 +2,7 @@
 
 Compared, per sequence length (batch 1, real text from the python-docs train split):
 
-* ``spiking``: spiking LoRA on the *converted* default model (``hybridtune.convert``, default coverage
+* ``spiking``: spiking LoRA on the *converted* default model (``hybridtune.conversion``, default coverage
   ``ffn_act + linear_inputs``), surrogate backward through the ``spike_lora`` op;
 * ``lora``: plain peft LoRA (same rank, alpha, targets) on the ANN default model -- the reference of the ratios;
 * ``spiking_ann``: spiking LoRA on the unconverted ANN (separates the adapter's own overhead from the conversion's);
@@ -66,7 +66,7 @@ def build_models(args):
                                              **common))
     spiking_cfg = dict(alpha=args.alpha, neuron=args.neuron, threshold=args.threshold, **common)
     conversion = None
-    from hybridtune.convert import ConversionConfig, convert
+    from hybridtune.conversion import ConversionConfig, convert
 
     conversion = ConversionConfig()
     spiking = get_spiking_peft_model(convert(base(), conversion), spiking_lora_config(**spiking_cfg))

@@ -5,7 +5,7 @@ For both domain orders (python-docs -> python-code -> unicode-names and the reve
 adapters); ``stdp`` / ``rstdp`` on ``lora_A`` beside surrogate on the rest (when their modules exist) with a shared
 adapter; and ``lora`` -- plain peft LoRA on the unconverted ANN trained by backprop, the non-spiking yardstick -- with
 the shared and replay strategies. Each run trains the embedded default model through the sequence with
-:class:`hybridtune.trainers.continual.ContinualTrainer` and records the perplexity matrix. Rows carry ``strategy``, ``learner``, ``order``, and mean / std over seeds of ``avg_final_ppl``,
+:class:`hybridtune.continual.trainer.ContinualTrainer` and records the perplexity matrix. Rows carry ``strategy``, ``learner``, ``order``, and mean / std over seeds of ``avg_final_ppl``,
 ``bwt``, ``forgetting`` and ``fwt`` (definitions in ``hybridtune/trainers/continual_metrics.py``; positive BWT and
 forgetting = forgetting, negative FWT = helpful transfer). ``findings`` answers: does a shared spiking adapter with
 replay, or with a plastic learner, forget less than a shared surrogate adapter without them?
@@ -44,7 +44,7 @@ YARDSTICK_STRATEGIES = ("shared", "replay")  # plain LoRA: enough to place the s
 METRICS = ("avg_final_ppl", "bwt", "forgetting", "fwt")
 
 
-PLASTIC = {"stdp": "hybridtune.learners.stdp:STDPLearner", "rstdp": "hybridtune.learners.rstdp:RSTDPLearner"}
+PLASTIC = {"stdp": "hybridtune.learners.plasticity.stdp_learner:STDPLearner", "rstdp": "hybridtune.learners.plasticity.rstdp_learner:RSTDPLearner"}
 PLASTIC_STRATEGIES = ("shared",)  # the question is about a shared adapter; per-task needs no plasticity
 
 
@@ -70,7 +70,7 @@ def learner_mixes(available: list[str]) -> dict[str, dict[str, Any]]:
             name_or_ref = ref
         else:
             name_or_ref = name
-        # a local rule on the bottleneck factor A, backprop on the rest (DESIGN.md sec. 6); B starts nonzero so the
+        # a local rule on the bottleneck factor A, backprop on the rest (docs/architecture.md); B starts nonzero so the
         # rule sees adapter spikes that matter
         mixes[name] = {"specs": [(name_or_ref, "lora_A"), ("surrogate", "rest")], "spiking": True,
                        "init_b_std": 0.01}
@@ -87,7 +87,7 @@ def runs_with(learner: str, strategy: str) -> bool:
 
 def strategy_section(name: str, domains: list[str], replay_share: float, ewc_strength: float):
     """The ``continual`` section of one strategy (the benchmark builds its strategies from it, as the CLI does)."""
-    from hybridtune.trainers.continual_config import ContinualSection, RegularizerSection, ReplaySection
+    from hybridtune.continual.config import ContinualSection, RegularizerSection, ReplaySection
 
     return ContinualSection(
         domains=domains, adapter="per_task" if name == "per_task" else "shared", stage_eval=False, heatmap=False,
@@ -225,11 +225,11 @@ def main() -> None:
 
     from hybridtune import __version__
     from hybridtune.config import ConversionSection, DataSection, RunConfig
+    from hybridtune.continual.data import build_domains
+    from hybridtune.continual.trainer import ContinualTrainer
     from hybridtune.learners import available_learners
     from hybridtune.models import load_model, load_tokenizer
     from hybridtune.trainers.cache import cached_conversion
-    from hybridtune.trainers.continual import ContinualTrainer
-    from hybridtune.trainers.continual_data import build_domains
     from hybridtune.trainers.evaluation import evaluate_perplexity
     from hybridtune.trainers.loop import make_accelerator
 

@@ -6,7 +6,7 @@
 #   4. benchmark: benchmarks/spike_lora_op.py --quick (skipped when the parity tests fail: numbers of a wrong kernel
 #      would mislead; FORCE_BENCH=1 runs it anyway).
 # Everything lands in ${OUT:-benchmarks/results}: spike_lora_op.json, gpu_check.json (status and seconds per step),
-# gpu_tests.xml and logs/<step>.log. Exit status: 0 when every step passed, 1 when one failed, 3 without a GPU.
+# gpu_tests.xml, parity_stamp.json (when parity passed) and logs/<step>.log. Exit status: 0 when every step passed, 1 when one failed, 3 without a GPU.
 # Usage: [OUT=dir] [PYTHON=python3] [DEADLINE_S=450] bash benchmarks/gpu_check.sh
 set -euo pipefail
 
@@ -95,6 +95,13 @@ TESTS_OK=1
 # --noconftest: the repository conftest imports transformers; these tests need only torch, snntorch and pytest
 run_step gpu_tests 200 "$PYTHON" -m pytest -q -rs -p no:cacheprovider --noconftest \
   --junitxml="$OUT/gpu_tests.xml" tests/ops/test_cuda_parity.py tests/ops/test_cuda_compile.py || TESTS_OK=0
+
+# parity passed: stamp this device class so that ops.backend=auto may choose the kernel here (the copy in $OUT is
+# what a developer merges into hybridtune/ops/verified_devices.json with: python -m hybridtune.ops.parity stamp ...)
+if ((TESTS_OK == 1)); then
+  run_step parity_stamp 30 "$PYTHON" -m hybridtune.ops.parity stamp --junit "$OUT/gpu_tests.xml" \
+    --copy "$OUT/parity_stamp.json" || true
+fi
 
 if ((TESTS_OK == 1)) || [[ "${FORCE_BENCH:-0}" == 1 ]]; then
   BUDGET=$(($(remaining) - 90))

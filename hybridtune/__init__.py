@@ -11,10 +11,8 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from ._version import __version__
+from .lazy import lazy_attributes
 
 # public name -> "module:attribute"
 _LAZY = {
@@ -23,10 +21,10 @@ _LAZY = {
     "corpus": "hybridtune.data:corpus",
     "RunConfig": "hybridtune.config:RunConfig",
     "load_config": "hybridtune.config:load_config",
-    "ConversionConfig": "hybridtune.convert:ConversionConfig",
-    "convert": "hybridtune.convert:convert",
-    "register_recipe": "hybridtune.convert:register_recipe",
-    "load_spiking": "hybridtune.convert:load_spiking",
+    "ConversionConfig": "hybridtune.conversion:ConversionConfig",
+    "convert": "hybridtune.conversion:convert",
+    "register_recipe": "hybridtune.conversion:register_recipe",
+    "load_spiking": "hybridtune.conversion:load_spiking",
     "energy_report": "hybridtune.accounting:energy_report",
     "SpikingLoraConfig": "hybridtune.adapters:SpikingLoraConfig",
     "get_spiking_peft_model": "hybridtune.adapters:get_spiking_peft_model",
@@ -39,16 +37,4 @@ _LAZY = {
 
 __all__ = ["__version__", *_LAZY]
 
-
-def __getattr__(name: str) -> Any:
-    target = _LAZY.get(name)
-    if target is None:
-        raise AttributeError(f"module 'hybridtune' has no attribute {name!r}")
-    module_name, attr = target.split(":")
-    value = getattr(importlib.import_module(module_name), attr)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

@@ -21,6 +21,7 @@ import yaml
 
 from ._version import __version__
 from .config_schema import ConfigError, build, closest, field_type, to_dict
+from .files import atomic_write_text
 
 COVERAGE_LEVELS = ("ffn_act", "linear_inputs", "attention", "norms")
 
@@ -35,7 +36,7 @@ class ModelSection:
 
 @dataclass
 class ConversionSection:
-    """How the ANN becomes a frozen spiking model at T = 1 (see DESIGN.md sections 2-3)."""
+    """How the ANN becomes a frozen spiking model at T = 1 (see docs/architecture.md, the converted neuron)."""
 
     coverage: list[str] = field(default_factory=lambda: ["ffn_act", "linear_inputs"])
     neuron: Literal["graded", "if"] | None = None  # None: graded at timesteps 1, rate-coded IF above
@@ -45,6 +46,9 @@ class ConversionSection:
     attention_divisor: float | None = None  # None: divisor
     counting: Literal["base2", "unary"] = "base2"
     max_spikes: int | None = None
+    phases: int | None = None  # K-phase code: |count| <= 2**K - 1, at most K weighted spikes (None: unbounded)
+    outliers: list[str] = field(default_factory=list)  # outlier strategies, e.g. [rotate, hadamard_down]
+    threshold_granularity: Literal["channel", "tensor"] = "channel"  # static thresholds per channel / per tensor
     compensation: bool = True
     softmax: Literal["keep", "nrelu", "spike"] = "keep"
     norms: Literal["keep", "threshold"] = "keep"
@@ -65,6 +69,8 @@ class ConversionSection:
             raise ConfigError(f"got {self.max_spikes}; must be >= 1 or null (no cap)", "max_spikes")
         if self.timesteps < 1:
             raise ConfigError(f"got {self.timesteps}; must be >= 1", "timesteps")
+        if self.phases is not None and not 1 <= self.phases <= 16:
+            raise ConfigError(f"got {self.phases}; must be an integer in [1, 16] or null (unbounded)", "phases")
         if self.calib_tokens < 1:
             raise ConfigError(f"got {self.calib_tokens}; must be >= 1", "calib_tokens")
         if self.calib_block < 2:
@@ -154,11 +160,22 @@ class DataSection:
     train: str = "python-docs"
     eval: str | None = None  # None: the held-out split of ``train``
     text_field: str = "text"
+    # .txt only: what one document is (null: paragraphs of a single file, files of a directory with >= 10 files,
+    # else paragraphs) and how the bytes are decoded (e.g. latin-1, cp1252, utf-8-sig)
+    sample_by: Literal["document", "paragraph", "line"] | None = None
+    encoding: str = "utf-8"
     block_size: int = 256
     max_train_tokens: int | None = None
     eval_tokens: int = 4096
 
     def validate(self) -> None:
+        import codecs
+
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ConfigError(f"got {self.encoding!r}, which Python does not know; e.g. utf-8, latin-1, cp1252, "
+                              "utf-16", "encoding") from None
         if self.block_size < 2:
             raise ConfigError(f"got {self.block_size}; must be >= 2", "block_size")
         if self.eval_tokens < 2:
@@ -357,13 +374,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    """Write ``cfg`` as YAML (with the current hybridtune version) atomically."""
+    """Write ``cfg`` as YAML (with the current hybridtune version) atomically, fsynced like every run file."""
     p = Path(path)
     data = to_dict(cfg)
     data["hybridtune_version"] = __version__
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    tmp.replace(p)
+    atomic_write_text(p, yaml.safe_dump(data, sort_keys=False), "check the output directory")
 
 
 __all__ = [

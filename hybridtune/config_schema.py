@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -38,6 +39,19 @@ def closest(name: str, options: list[str]) -> str:
     return f"did you mean '{match[0]}'? " if match else ""
 
 
+def _check_finite(value: Any, key: str) -> None:
+    """Reject nan / inf anywhere (also inside free-form options): no setting of the project means "infinite", and a
+    non-finite number only surfaces much later as NaN weights or a crash. ``null`` is the way to say "no limit"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"got {value!r}; must be a finite number (use null where the key allows no limit)", key)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{key}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{key}[{i}]")
+
+
 def _type_name(tp: Any) -> str:
     if get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
@@ -53,6 +67,7 @@ def _is_union(tp: Any) -> bool:
 def coerce(tp: Any, value: Any, key: str) -> Any:
     """Check ``value`` against ``tp`` and return it normalised (ints accepted for floats, lists for tuples)."""
     if tp is Any:
+        _check_finite(value, key)
         return value
     origin = get_origin(tp)
     if _is_union(tp):
@@ -67,6 +82,8 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
                 return coerce(option, value, key)
             except ConfigError as exc:
                 errors.append(exc.detail)
+        if len(errors) == 1:  # X | None: the one real type's reason (e.g. "must be finite") says more
+            raise ConfigError(f"{errors[0]}" + ("" if "null" in errors[0] else "; or null"), key)
         raise ConfigError(f"got {value!r}; expected {' or '.join(_type_name(o) for o in options)}", key)
     if origin is Literal:
         if value not in get_args(tp):
@@ -101,6 +118,7 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
         raise ConfigError(f"got {value!r}; expected an integer", key)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            _check_finite(value, key)
             return float(value)
         raise ConfigError(f"got {value!r}; expected a number", key)
     if tp is str:

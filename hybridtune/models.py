@@ -81,8 +81,41 @@ def resolve_source(name_or_path: str) -> ModelSource:
             raise ModelLoadError(f"{path} has no config.json (and not exactly one .gguf file: {ggufs})")
         return ModelSource(str(path), None, label=str(path))
     if name_or_path.count("/") <= 1 and not name_or_path.startswith((".", "/", "~")):
+        _check_hub_id(name_or_path)
         return ModelSource(name_or_path, None, label=name_or_path)  # hub id, loaded from the local cache if offline
     raise ModelLoadError(f"model not found: {name_or_path!r} (expected 'default', a hub id, a directory or a .gguf)")
+
+
+def cached_hub_ids() -> list[str]:
+    """Hub ids present in the local Hugging Face cache (``HF_HUB_CACHE``), read from its directory names only."""
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:
+        return []
+    root = Path(HF_HUB_CACHE)
+    if not root.is_dir():
+        return []
+    return sorted(p.name[len("models--"):].replace("--", "/") for p in root.iterdir() if p.name.startswith("models--"))
+
+
+def _check_hub_id(name: str) -> None:
+    """Fail at once, with the nearest known name, for a hub id that could only be looked up on the network when
+    that would be pointless: offline, or a bare name (no ``org/``) that is not in the local cache (a typo of
+    ``default`` would otherwise retry the hub for most of a minute)."""
+    known = cached_hub_ids()
+    if name in known:
+        return
+    offline = bool(_offline_kwargs())
+    if "/" in name and not offline:
+        return  # an org/name id: transformers may fetch it
+    import difflib
+
+    match = difflib.get_close_matches(name, [DEFAULT_NAME, *known], n=1, cutoff=0.5)
+    hint = f"did you mean {match[0]!r}? " if match else ""
+    why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else \
+        "it is not 'default', an existing path or a hub id in the local cache"
+    raise ModelLoadError(f"unknown model {name!r}: {why}. {hint}Expected 'default' (the embedded SmolLM2-135M), a "
+                         "local model directory, a .gguf file, or a hub id (org/name)")
 
 
 def _offline_kwargs() -> dict:
@@ -120,13 +153,52 @@ def load_tokenizer(name_or_path: str = DEFAULT_NAME):
     kwargs = dict(_offline_kwargs())
     if src.gguf_file:
         kwargs["gguf_file"] = src.gguf_file
+        saved = _gguf_tokenizer_cache(src)
+        if (saved / "tokenizer.json").is_file():
+            try:
+                tok = AutoTokenizer.from_pretrained(saved, local_files_only=True)
+            except (OSError, ValueError):
+                pass  # a damaged cache entry: rebuilt from the GGUF below
+            else:
+                if tok.pad_token is None:
+                    tok.pad_token = tok.eos_token
+                return tok
     try:
         tok = AutoTokenizer.from_pretrained(src.path, **kwargs)
     except OSError as exc:
         raise ModelLoadError(f"could not load tokenizer for {name_or_path!r} from {src.path}: {exc}") from exc
+    if src.gguf_file:
+        _save_tokenizer(tok, _gguf_tokenizer_cache(src))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def _gguf_tokenizer_cache(src: ModelSource) -> Path:
+    """Where the tokenizer converted from a GGUF file is kept (converting it takes seconds every time); the key
+    changes with the file's path, size and modification time."""
+    from .paths import cache_root
+
+    gguf = Path(src.path) / str(src.gguf_file)
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_root() / "tokenizers" / key
+
+
+def _save_tokenizer(tok, where: Path) -> None:
+    import shutil
+    import tempfile
+
+    try:
+        where.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=where.parent, prefix=where.name + ".tmp"))
+        tok.save_pretrained(tmp)
+        try:
+            tmp.rename(where)  # atomic: a reader sees a whole entry or none
+        except OSError:  # another process saved it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:
+        pass  # a read-only cache only costs the conversion time next time
 
 
 def model_fingerprint(model: torch.nn.Module, samples_per_tensor: int = 64) -> str:

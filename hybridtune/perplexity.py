@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -30,19 +30,42 @@ def _batches(blocks: Mapping[str, torch.Tensor], batch_size: int) -> Iterator[di
         yield {k: v[start:start + batch_size] for k, v in blocks.items() if isinstance(v, torch.Tensor)}
 
 
+def causal_lm_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token next-token NLL ``[B, L-1]`` (0 where the target is -100, computed in float32) and the number of
+    targets: the one definition of the loss that training, evaluation and the learners' rewards share.
+
+    The labels are shifted, not the logits (as transformers' own loss does): slicing ``[B, L, vocab]`` logits would
+    copy them, which for a 50k vocabulary costs more than the loss itself.
+
+    Example:
+        >>> nll, count = causal_lm_nll(torch.zeros(1, 3, 4), torch.tensor([[0, 1, -100]]))  # uniform over 4 tokens
+        >>> round(float(nll.sum()), 4), int(count)                                           # one target: log(4)
+        (1.3863, 1)
+    """
+    shifted = F.pad(labels, (0, 1), value=-100)[:, 1:].to(logits.device)  # target of position t = token t+1
+    nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shifted.reshape(-1), ignore_index=-100,
+                          reduction="none").view(shifted.shape)
+    targets = shifted[:, :-1]
+    return nll[:, :-1], (targets != -100).sum()
+
+
+def model_nll(model: torch.nn.Module, batch: Mapping[str, torch.Tensor],
+              keys: Sequence[str] = ("input_ids", "attention_mask")) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token NLL and target count of one batch; ``keys`` are the batch entries passed to the model (a spiking
+    peft model also takes ``doc_start``)."""
+    out = model(**{k: batch[k] for k in keys if k in batch})
+    return causal_lm_nll(out.logits, batch["labels"])
+
+
 @torch.no_grad()
 def token_nll(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[float, int]:
     """Summed next-token negative log-likelihood and the number of predicted tokens of one batch."""
     ids = batch["input_ids"]
-    labels = batch.get("labels", ids)
     mask = batch.get("attention_mask")
     device = next(model.parameters()).device
     logits = model(input_ids=ids.to(device), attention_mask=None if mask is None else mask.to(device)).logits
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:].to(device)
-    nll = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                          ignore_index=-100, reduction="sum")
-    return float(nll), int((shift_labels != -100).sum())
+    nll, count = causal_lm_nll(logits, batch.get("labels", ids))
+    return float(nll.sum()), int(count)
 
 
 def perplexity(model: torch.nn.Module, blocks: Mapping[str, torch.Tensor], batch_size: int = 4,

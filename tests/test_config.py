@@ -83,7 +83,7 @@ def test_sweep_style_learning_rate_reaches_the_config():
 
 
 def test_conversion_section_reaches_every_conversion_setting():
-    from hybridtune.convert.config import from_section
+    from hybridtune.conversion.config import from_section
 
     cfg = load_config(None, ["conversion.threshold=static", "conversion.threshold_mode=max_abs",
                              "conversion.timesteps=8", "conversion.divisor=1", "conversion.skip=[lm_head]",

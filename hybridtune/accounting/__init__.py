@@ -24,6 +24,7 @@ from .energy import (
     energy_pj,
     energy_ratio,
     get_convention,
+    int_convention,
 )
 from .report import DEFINITIONS, build_report, energy_report, format_report, load_report, plot_report, write_report
 from .stats import count_spikes, spiking_modules, total_stats
@@ -45,6 +46,7 @@ __all__ = [
     "energy_report",
     "format_report",
     "get_convention",
+    "int_convention",
     "layer_of",
     "load_report",
     "plot_report",

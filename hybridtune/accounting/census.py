@@ -11,7 +11,10 @@ Counting conventions (per element unless said): linear ``N*in*out`` MACs (+ ``N*
 RMSNorm 3 MACs, LayerNorm 3 MACs + 1 add, L2 norm 2 MACs; activation 1 MAC-equivalent; gate product 1 MAC;
 attention ``QK^T`` and ``PV`` ``d`` MACs per visible (query, key) pair and head, softmax 2 MAC-equivalents
 (exp, divide) + 1 add per pair; rotary 2 MACs per q / k element; residual stream 2 adds per hidden element and
-layer; a dynamic per-token threshold 1 add (mean|v|) or 1 MAC (rms) per encoded element. Embedding lookups: 0.
+layer; a dynamic per-token threshold 1 add (mean|v|) or 1 MAC (rms, or channel-scaled) per encoded element for
+its statistic, 1 MAC + 1 add per element for ``v / theta_t`` and its rounding, and 1 MAC per consumer output and
+token for the rescale by ``theta_t`` (static thresholds: none, theta folds into the weights); an online Hadamard
+transform its additions. Embedding lookups: 0.
 
 Example:
     >>> import torch
@@ -157,6 +160,7 @@ class _Hooks:
         # encoder's output finds its input spikes here
         self.encoder_calls: dict[int, tuple[weakref.ref, float]] = {}
         self._spikes_before: dict[int, float] = {}
+        self._prune_at = 64
         self.threshold_norm_encoders = {
             f"{name}.encoder" for name, m in model.named_modules() if type(m).__name__ == "ThresholdNorm"}
 
@@ -199,16 +203,25 @@ class _Hooks:
             return norm, False
         if hasattr(module, "threshold") and hasattr(module, "stats") and name not in self.threshold_norm_encoders:
             strategy = type(module.threshold).__name__
-            if strategy != "DynamicThreshold":
-                return None
+            if strategy not in ("DynamicThreshold", "ChannelScaledThreshold"):
+                return None  # static: theta folds into the consumer weights; the comparison is the neuron's firing
 
             def threshold(mod, args, out):
+                # per-token threshold: the statistic (a weighted sum when channel-scaled), v / theta_t and its
+                # rounding per element, and the rescale of every consumer output by theta_t per token
                 e = args[0].numel()
-                if mod.threshold.mode == "rms":
-                    add(layer, "threshold_stats", ann_mac=0.0, snn_mac=e)
+                weighted = strategy == "ChannelScaledThreshold"
+                if mod.threshold.mode == "rms" or weighted:
+                    add(layer, "threshold_stats", snn_mac=e)
                 else:
-                    add(layer, "threshold_stats", ann_ac=0.0, snn_ac=e)
+                    add(layer, "threshold_stats", snn_ac=e)
+                add(layer, "threshold_divide_round", snn_mac=e, snn_ac=e)
+                add(layer, "threshold_rescale", snn_mac=_tokens(args[0], args[0].shape[-1]) * max(1, mod.fan_out))
             return threshold, False
+        if hasattr(module, "adds_per_vector") and hasattr(module, "n"):
+            def online_transform(mod, args, out):  # an online Hadamard transform: additions only
+                add(layer, "online_hadamard", snn_ac=_tokens(args[0], mod.n) * mod.adds_per_vector)
+            return online_transform, False
         if _is_activation(module):
             def act(mod, args, out):
                 add(layer, "activation", ann_mac=out.numel())
@@ -243,6 +256,13 @@ class _Hooks:
             return self.attention_hook(layer, module), True
         return None
 
+    def _prune(self) -> None:
+        """Forget the calls whose output tensor is gone. Only those: dropping a live entry (as clearing the whole
+        dict did) loses the spikes of an adapter that reads it later, and whether that happened depended on how
+        tensor ids were reused, so identical calls gave different SOP counts."""
+        self.encoder_calls = {k: v for k, v in self.encoder_calls.items() if v[0]() is not None}
+        self._prune_at = max(64, 2 * len(self.encoder_calls))
+
     def encoder_hooks(self, module: nn.Module) -> list:
         """Remember the spikes of each call of an encoder (the delta of its stats) by its output tensor."""
         def before(mod, args):
@@ -250,8 +270,8 @@ class _Hooks:
 
         def after(mod, args, out):
             if isinstance(out, Tensor) and mod.stats is not None:
-                if len(self.encoder_calls) > 64:  # only the latest outputs can still be some layer's input
-                    self.encoder_calls.clear()
+                if len(self.encoder_calls) > self._prune_at:
+                    self._prune()
                 spikes = mod.stats.spikes - self._spikes_before.get(id(mod), 0.0)
                 self.encoder_calls[id(out)] = (weakref.ref(out), spikes)
         return [module.register_forward_pre_hook(before), module.register_forward_hook(after)]

@@ -1,4 +1,4 @@
-"""Energy conventions and the pure arithmetic of the report (DESIGN.md section 4).
+"""Energy conventions and the pure arithmetic of the report (docs/architecture.md, energy conventions).
 
 Two stated conventions, per operation: 45 nm FP32 (0.9 pJ per accumulate, 4.6 pJ per multiply-accumulate) and
 INT8 (0.03 pJ per add, 0.23 pJ per MAC). A synaptic operation (one spike arriving at one synapse) is an accumulate;
@@ -36,6 +36,29 @@ CONVENTIONS: dict[str, Convention] = {
 
 NOT_MODELLED = ("memory traffic (weight, activation and KV-cache reads and writes) is not modelled; "
                 "neither is the neuron's own membrane update or the cost of routing spikes")
+
+
+def int_convention(activation_bits: int, weight_bits: int = 8, accumulator_bits: int = 32) -> Convention:
+    """Integer convention for a given activation width, with accumulators wide enough for the sums.
+
+    Interpolated from Horowitz (ISSCC 2014, 45 nm): an add costs 0.03 pJ at 8 bits and 0.1 pJ at 32 bits (linear in
+    the width), a multiply 0.2 pJ at 8 x 8 bits and ~3.1 pJ at 32 x 32 (proportional to the product of the widths).
+    A MAC is a ``activation_bits x weight_bits`` multiply plus an ``accumulator_bits`` add; an accumulate (a spike's
+    synaptic op, a shifted add of a weight) is one ``accumulator_bits`` add. 32-bit accumulators hold the sum of
+    ~2^12 products of a 9-bit activation and an 8-bit weight (K = 8 phases, fan-in up to 1,536 here): wide enough.
+
+    Example:
+        >>> c = int_convention(9)
+        >>> c.name, round(c.ac_pj, 3), round(c.mac_pj, 4)
+        ('int9_acc32', 0.1, 0.325)
+    """
+    if min(activation_bits, weight_bits, accumulator_bits) < 1:
+        raise ValueError("int_convention: bit widths must be >= 1")
+    add = 0.03 + (accumulator_bits - 8) * (0.07 / 24)
+    mult = 0.2 * activation_bits * weight_bits / 64
+    return Convention(f"int{activation_bits}_acc{accumulator_bits}", add, mult + add,
+                      f"45 nm CMOS, {activation_bits}-bit activation x {weight_bits}-bit weight multiply + "
+                      f"{accumulator_bits}-bit accumulate, interpolated from Horowitz, ISSCC 2014")
 
 
 def get_convention(name: str | Convention) -> Convention:

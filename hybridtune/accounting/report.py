@@ -36,10 +36,12 @@ from torch import Tensor, nn
 
 from ..neurons import SpikeStats
 from .census import Census, count_ops, layer_of
-from .energy import CONVENTIONS, NOT_MODELLED, energy_pj, energy_ratio
+from .energy import CONVENTIONS, NOT_MODELLED, Convention, energy_pj, energy_ratio, get_convention
 
 DEFINITIONS = {
-    "spikes_per_neuron": "spikes / neuron-steps (one encoded element at one token and time step)",
+    "spikes_per_neuron": "spikes / neuron-steps (one encoded element at one token and time step), under the "
+                         "encoders' own counting (base-2: popcount of the count)",
+    "spikes_per_neuron_unary": "the same counts under unary counting (|count| spikes per neuron)",
     "silent_share": "share of neuron-steps with no spike",
     "sops": "synaptic operations: sum over spikes of the fan-out (synapses driven)",
     "ann_macs": "multiply-accumulates of the same model run as an ANN on the same tokens",
@@ -89,30 +91,34 @@ def _round(x: float) -> float:
     return float(f"{x:.6g}") if math.isfinite(x) else x
 
 
-def _summary(stats: SpikeStats, ops: dict[str, float], conventions: Iterable[str]) -> dict[str, Any]:
+def _summary(stats: SpikeStats, ops: dict[str, float], conventions: Iterable[str | Convention]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "spikes": stats.spikes, "neuron_steps": stats.neuron_steps,
-        "spikes_per_neuron": _round(stats.spikes_per_neuron), "silent_share": _round(stats.silent_share),
+        "spikes_per_neuron": _round(stats.spikes_per_neuron),
+        "spikes_per_neuron_unary": _round(stats.spikes_per_neuron_unary), "silent_share": _round(stats.silent_share),
         "sops": stats.sops, "float_macs": ops["snn_mac"], "float_acs": ops["snn_ac"],
         "ann_macs": ops["ann_mac"], "ann_acs": ops["ann_ac"],
         "spike_driven_macs": ops["spike_driven_mac"],
         "spike_driven_share": _round(ops["spike_driven_mac"] / ops["ann_mac"]) if ops["ann_mac"] else 0.0,
         "energy": {},
     }
-    for name in conventions:
-        snn = energy_pj(stats.sops, ops["snn_mac"], ops["snn_ac"], name)
-        ann = energy_pj(0.0, ops["ann_mac"], ops["ann_ac"], name)
+    for conv in conventions:
+        name = get_convention(conv).name
+        snn = energy_pj(stats.sops, ops["snn_mac"], ops["snn_ac"], conv)
+        ann = energy_pj(0.0, ops["ann_mac"], ops["ann_ac"], conv)
         out["energy"][name] = {
             "snn_pj": snn, "ann_pj": ann,
             "ratio": _round(energy_ratio(ops["ann_mac"], ops["ann_ac"], stats.sops, ops["snn_mac"], ops["snn_ac"],
-                                         name)),
+                                         conv)),
         }
     return out
 
 
-def build_report(census: Census, conventions: Iterable[str] = tuple(CONVENTIONS)) -> dict[str, Any]:
-    """Assemble the report dict from a finished census (pure: no model access)."""
-    conventions = list(conventions)
+def build_report(census: Census, conventions: Iterable[str | Convention] = tuple(CONVENTIONS)) -> dict[str, Any]:
+    """Assemble the report dict from a finished census (pure: no model access).
+
+    ``conventions``: names in ``CONVENTIONS`` or ``Convention`` objects (e.g. ``int_convention(bits)``)."""
+    conventions = [get_convention(c) for c in conventions]
     layer_stats: dict[str, SpikeStats] = defaultdict(SpikeStats)
     for name, s in census.stats.items():
         layer_stats[layer_of(name)] += s
@@ -144,8 +150,7 @@ def build_report(census: Census, conventions: Iterable[str] = tuple(CONVENTIONS)
         "float_ops": {op: v for op, v in sorted(float_ops.items())},
         "spike_driven_ops": {op: {"ann_macs_replaced": v} for op, v in sorted(spike_ops.items())},
         "encoders": encoders,
-        "conventions": {n: {"ac_pj": CONVENTIONS[n].ac_pj, "mac_pj": CONVENTIONS[n].mac_pj,
-                            "source": CONVENTIONS[n].source} for n in conventions},
+        "conventions": {c.name: {"ac_pj": c.ac_pj, "mac_pj": c.mac_pj, "source": c.source} for c in conventions},
         "not_modelled": NOT_MODELLED,
         "definitions": DEFINITIONS,
     }

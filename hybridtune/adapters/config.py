@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -148,6 +147,11 @@ max_spikes=4)
     return strategy
 
 
+# Base-layer type -> spiking LoRA layer, filled by :mod:`hybridtune.adapters.layer` when it is imported (the package
+# imports it first): peft dispatches the layers it wraps through this mapping on every config.
+SPIKING_MODULES: dict[type, type] = {}
+
+
 @dataclass
 class SpikingLoraConfig(LoraConfig):
     """peft ``LoraConfig`` with ``neuron`` (a :class:`NeuronStrategy`, name or dict) and ``init_b_std``.
@@ -168,9 +172,9 @@ class SpikingLoraConfig(LoraConfig):
         if self.use_dora:
             raise ValueError(
                 "use_dora=True is not supported by spiking LoRA (the adapter output is not a weight delta)")
-        from .layer import register_custom_modules
-
-        register_custom_modules(self)
+        if not SPIKING_MODULES:
+            raise RuntimeError("hybridtune.adapters.layer registers the spiking LoRA layers; import hybridtune.adapters")
+        self._register_custom_module(dict(SPIKING_MODULES))
 
     @classmethod
     def from_adapter_dir(cls, path: str | Path) -> SpikingLoraConfig:
@@ -179,8 +183,10 @@ class SpikingLoraConfig(LoraConfig):
         file = Path(path) / "adapter_config.json"
         if not file.is_file():
             raise FileNotFoundError(f"no adapter_config.json in {path}; is this a saved adapter directory?")
-        data = json.loads(file.read_text())
-        if "neuron" not in data:
+        from hybridtune.files import read_json
+
+        data = read_json(file, "save the adapter again (the training run writes it at the end; --resume completes it)")
+        if not isinstance(data, dict) or "neuron" not in data:
             raise ValueError(
                 f"{file} has no 'neuron' entry: it is a plain peft LoRA adapter, not a spiking one; load it with "
                 "peft.PeftModel.from_pretrained"

@@ -2,7 +2,7 @@
 
 Example:
     >>> import tempfile
-    >>> import hybridtune.convert as hc
+    >>> import hybridtune.conversion as hc
     >>> from hybridtune.testing import tiny_model
     >>> from hybridtune.adapters import SpikingLoraConfig, get_spiking_peft_model
     >>> d = tempfile.mkdtemp()
@@ -35,12 +35,12 @@ def load_for_eval(adapter_dir: str | Path, spiking_dir: str | Path | None = None
 
         name = model
         if name is None and spiking_dir is not None:
-            from hybridtune.convert import read_spiking
+            from hybridtune.conversion import read_spiking
 
             name = read_spiking(spiking_dir)[0].get("base_model")
         model = load_model(name or "default", dtype=dtype)
     if spiking_dir is not None:
-        from hybridtune.convert import load_spiking
+        from hybridtune.conversion import load_spiking
 
         model = load_spiking(model, spiking_dir)
     return load(model, adapter_dir, adapter_name=adapter_name, is_trainable=False).eval()

@@ -36,10 +36,12 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import Tensor, nn
 
 from hybridtune import ops
+from hybridtune.conversion.modules import input_transform
 from hybridtune.neurons.stats import recomputing as _engine_recomputing
 from hybridtune.neurons.stats import record_spikes
 from hybridtune.ops.reference import as_dtype
 
+from .config import SPIKING_MODULES
 from .neuron import BottleneckNeuron
 from .sequence import SequenceInfo
 
@@ -118,9 +120,9 @@ class SpikingLoraLinear(LoraLinear):
         names = [] if self.disable_adapters else self._active_spiking()
         if not names or self.merged:
             return self.base_layer(x, *args, **kwargs)
-        if x.is_cuda and not ops.is_resolved():
-            ops.activate()
         base, weight, bias = self._base_linear()
+        transform = input_transform(base)  # an online transform folded into the weight (e.g. a Hadamard): the op
+        x = transform(x) if transform is not None else x  # bypasses the base's forward and its pre-hook
         x_spk = base.encode(x) if hasattr(base, "encode") else x
         lead = x_spk.shape[:-1]
         x3, info = self._as_sequence(x_spk)
@@ -250,7 +252,12 @@ class SpikingLoraLinear(LoraLinear):
 
 
 def register_custom_modules(config: LoraConfig) -> None:
-    """Dispatch ``nn.Linear`` (``SpikingLinear`` included) and transformers ``Conv1D`` to ``SpikingLoraLinear``."""
+    """Dispatch ``nn.Linear`` (``SpikingLinear`` included) and transformers ``Conv1D`` to ``SpikingLoraLinear`` (every
+    :class:`SpikingLoraConfig` does this itself; this is for a plain ``LoraConfig``)."""
+    config._register_custom_module(dict(SPIKING_MODULES))
+
+
+def _spiking_modules() -> dict[type[nn.Module], type[nn.Module]]:
     mapping: dict[type[nn.Module], type[nn.Module]] = {nn.Linear: SpikingLoraLinear}
     try:
         from transformers.pytorch_utils import Conv1D
@@ -258,4 +265,7 @@ def register_custom_modules(config: LoraConfig) -> None:
         Conv1D = None
     if Conv1D is not None:
         mapping[Conv1D] = SpikingLoraLinear
-    config._register_custom_module(mapping)
+    return mapping
+
+
+SPIKING_MODULES.update(_spiking_modules())

@@ -4,7 +4,8 @@
 for a thin subclass (``Spiking<PeftModelForCausalLM>``) that
 
 * writes ``hybridtune_config.json`` (format, hybridtune / peft / torch versions, per-adapter neuron strategy, the base
-  model's fingerprint, whether the base was spiking) beside every adapter in ``save_pretrained``, and rewrites the
+  model's fingerprint, whether the base was spiking and the fingerprint of the conversion it was trained on: its
+  config and calibration state) beside every adapter in ``save_pretrained``, and rewrites the
   ``peft_type`` of each ``adapter_config.json`` to :data:`PEFT_TYPE_MARKER` -- a plain ``PeftModel.from_pretrained``
   on the directory then fails with a ``KeyError`` quoting "load with hybridtune.adapters.load(model, path)"
   instead of silently building ordinary LoRA and dropping the neuron parameters;
@@ -25,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -34,13 +36,17 @@ import torch
 from peft import PeftModel, get_peft_model
 from torch import nn
 
+from hybridtune import ops
 from hybridtune._version import __version__
+from hybridtune.files import load_safetensors, read_json
 
 from .config import PEFT_TYPE_MARKER, SpikingLoraConfig
 from .layer import SpikingLoraLinear
 from .sequence import install_sequence_hook
 
 MARKER_FILE = "hybridtune_config.json"
+LOAD_REMEDY = "save the adapter again (a training run writes it at the end; --resume completes a killed one)"
+WEIGHTS_FILE = "adapter_model.safetensors"
 FORMAT = "hybridtune-spiking-lora"
 FORMAT_VERSION = 1
 
@@ -118,6 +124,7 @@ def get_spiking_peft_model(model: nn.Module, config: SpikingLoraConfig, adapter_
     peft_model = get_peft_model(model, config, adapter_name=adapter_name, **kwargs)
     peft_model.__class__ = _spiking_class(type(peft_model))
     install_sequence_hook(peft_model.base_model.model)
+    ops.activate()  # the spike_lora backend is chosen once, when a model is built, never inside a forward
     return peft_model
 
 
@@ -132,6 +139,23 @@ def base_fingerprint(model: nn.Module) -> str:
     return model_fingerprint(model)
 
 
+def conversion_fingerprint(model: nn.Module) -> str | None:
+    """16 hex digits over a converted model's conversion config and calibration state (values rounded to 1e-6, so
+    the same conversion saved and loaded again matches); None for a model that is not converted."""
+    from hybridtune.conversion import conversion_info, is_converted
+
+    if not is_converted(model):
+        return None
+    info = conversion_info(model)
+    digest = hashlib.sha256(json.dumps(info.config.to_dict(), sort_keys=True, default=str).encode())
+    for site in sorted(info.state):
+        for kind in sorted(info.state[site]):
+            t = info.state[site][kind].detach()
+            digest.update(f"{site}/{kind}{tuple(t.shape)}".encode())
+            digest.update(t.to(torch.float64).cpu().numpy().round(6).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def write_markers(model: PeftModel, root: Path, adapters: list[str]) -> None:
     """Write ``hybridtune_config.json`` into ``root`` and every adapter directory; mark each adapter_config.json."""
     common = {
@@ -142,6 +166,7 @@ def write_markers(model: PeftModel, root: Path, adapters: list[str]) -> None:
         "torch_version": torch.__version__,
         "base_fingerprint": base_fingerprint(model),
         "spiking_base": spiking_base(model),
+        "conversion_fingerprint": conversion_fingerprint(model),
     }
     listing = {}
     for name in adapters:
@@ -172,9 +197,10 @@ def read_marker(path: str | Path) -> dict:
                 "peft.PeftModel.from_pretrained)"
             )
         raise FileNotFoundError(f"{path} is not a saved adapter directory (no {MARKER_FILE}, no adapter_config.json)")
-    data = json.loads(file.read_text())
-    if data.get("format") != FORMAT:
-        raise SpikingAdapterLoadError(f"{file}: format {data.get('format')!r} is not {FORMAT!r}")
+    data = read_json(file, LOAD_REMEDY)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise SpikingAdapterLoadError(f"{file}: format {found!r} is not {FORMAT!r}")
     if int(data.get("format_version", 0)) > FORMAT_VERSION:
         raise SpikingAdapterLoadError(
             f"{file} was written by a newer hybridtune ({data.get('hybridtune_version')}); upgrade hybridtune"
@@ -197,12 +223,27 @@ def check_load_result(result, adapter_name: str, path: Path) -> None:
         )
 
 
+def _check_conversion(model: nn.Module, marker: dict, path: Path, allow_other_conversion: bool) -> None:
+    saved = marker.get("conversion_fingerprint")
+    if saved is None or allow_other_conversion:  # adapters saved before the record, or on a plain base
+        return
+    found = conversion_fingerprint(model)
+    if found != saved:
+        now = "an unconverted model" if found is None else f"a conversion with fingerprint {found}"
+        raise SpikingAdapterLoadError(
+            f"the adapter in {path} was trained on the conversion with fingerprint {saved}, but the model given is "
+            f"{now} (another divisor, coverage or calibration): its perplexity would be silently worse. Load the "
+            f"conversion it was trained on, or pass allow_other_conversion=True (CLI: --allow-other-conversion) to "
+            f"load it anyway"
+        )
+
+
 def _check_base(model: nn.Module, marker: dict, path: Path, check_fingerprint: bool) -> None:
     if marker.get("spiking_base") and not any(hasattr(m, "encode") and isinstance(m, nn.Linear)
                                               for m in model.modules()):
         raise SpikingAdapterLoadError(
             f"the adapter in {path} was trained on a spiking (converted) base, but the model given has no spiking "
-            "layers; load the converted base first (hybridtune.convert.load_spiking(base, spiking_dir))"
+            "layers; load the converted base first (hybridtune.conversion.load_spiking(base, spiking_dir))"
         )
     if check_fingerprint:
         found = base_fingerprint(model)
@@ -214,10 +255,14 @@ def _check_base(model: nn.Module, marker: dict, path: Path, check_fingerprint: b
 
 
 def load(model: nn.Module, path: str | Path, adapter_name: str | None = None, is_trainable: bool = False,
-         check_fingerprint: bool = True) -> PeftModel:
+         check_fingerprint: bool = True, allow_other_conversion: bool = False) -> PeftModel:
     """Restore spiking adapters saved with ``save_pretrained`` onto ``model`` (a base model, or a spiking peft model
     to add them to). ``adapter_name=None`` loads every adapter listed in the directory's marker (``default`` first,
     which stays active); a name loads only that one. The first loaded adapter is active.
+
+    Refused (:class:`SpikingAdapterLoadError`) when the base weights differ (``check_fingerprint=False`` skips
+    that) or when the model's conversion differs from the one the adapter was trained on
+    (``allow_other_conversion=True`` skips that).
 
     Example:
         >>> import tempfile
@@ -251,9 +296,12 @@ def load(model: nn.Module, path: str | Path, adapter_name: str | None = None, is
         peft_model = None
         base = model
     _check_base(base, marker, path, check_fingerprint)
+    _check_conversion(base, marker, path, allow_other_conversion)
     for name in names:
         entry = listing.get(name, {"subfolder": ""})
         directory = path / entry["subfolder"] if entry.get("subfolder") else path
+        if (directory / WEIGHTS_FILE).is_file():  # a torn file fails here, naming it, not deep inside peft
+            load_safetensors(directory / WEIGHTS_FILE, LOAD_REMEDY)
         if peft_model is None:
             cfg = SpikingLoraConfig.from_adapter_dir(directory)
             cfg.inference_mode = not is_trainable

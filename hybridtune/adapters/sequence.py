@@ -31,6 +31,7 @@ import contextlib
 import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -93,10 +94,15 @@ def _cache_length(past) -> int:
         return 0
 
 
-def spiking_layers(model: nn.Module) -> Iterator[nn.Module]:
-    from .layer import SpikingLoraLinear
+@runtime_checkable
+class SequenceConsumer(Protocol):
+    """A layer that reads the sequence info of the current call (the spiking LoRA layers)."""
 
-    return (m for m in model.modules() if isinstance(m, SpikingLoraLinear))
+    sequence_info: SequenceInfo | None
+
+
+def spiking_layers(model: nn.Module) -> Iterator[nn.Module]:
+    return (m for m in model.modules() if isinstance(m, SequenceConsumer))
 
 
 def set_sequence_info(model: nn.Module, info: SequenceInfo | None) -> None:

@@ -29,15 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from accelerate import PartialState
+    from hybridtune.continual.config import load_continual_config
 
-    from ..trainers.continual_config import load_continual_config
+    from ..trainers.loop import process_state
     from .train import cli_overrides
 
     cfg, section = load_continual_config(args.config, cli_overrides(args))
+    from hybridtune.continual.strategies import build_strategies
+    from hybridtune.continual.trainer import check_strategies
+
     from ..config_schema import ConfigError
-    from ..trainers.continual import check_strategies
-    from ..trainers.continual_strategies import build_strategies
 
     try:
         check_strategies(build_strategies(section, cfg.trainer.seed), cfg.trainer.batch_size)
@@ -47,9 +48,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.config}: valid ({len(section.domains)} domains, {section.adapter} adapter, "
               f"{cfg.trainer.steps} steps per domain)")
         return 0
-    from ..trainers.continual_pipeline import format_matrix, run_continual
+    from hybridtune.continual.pipeline import format_matrix, run_continual
 
     report = run_continual(cfg, section, echo=print, use_cache=not args.no_cache)
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         print(format_matrix(report))
     return 0

@@ -21,9 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hybridtune.conversion import conversion_info, convert_from_config, save_spiking
+    from hybridtune.conversion.state import JSON_NAME
+
     from ..config import load_config
-    from ..convert import conversion_info, convert_from_config, save_spiking
-    from ..convert.state import JSON_NAME
     from ..models import ModelLoadError, load_model, load_tokenizer
 
     cfg = load_config(args.config, list(args.overrides))  # ConfigError -> exit 2 before any work

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 from .train import accept_overrides, format_summary
 
@@ -50,26 +49,27 @@ def quickstart_config(overrides: list[str] = (), out: str | None = None):
     """The quick start's RunConfig with ``overrides`` applied (``out``: the output directory)."""
     from ..config import load_config
 
-    default_out = f"runs/quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
+    default_out = "runs/quickstart-{time}"  # expanded by check_run, the same on every process
     return load_config(None, [*embedded_overrides(), f"trainer.output_dir={out or default_out}", *overrides])
 
 
 def run(args: argparse.Namespace) -> int:
-    from accelerate import PartialState
-
     from ..trainers.domain import run_domain_adaptation
-    from .train import cli_overrides
+    from ..trainers.loop import process_state
+    from .progress import StepTimeEstimate
+    from .train import check_run, cli_overrides
 
     overrides = [o for o in cli_overrides(args) if not o.startswith("trainer.output_dir=")]
     if args.resume and not args.out:
         print("hybridtune quickstart: --resume needs --out DIR (the run to continue)")
         return 2
+    main = process_state().is_main_process
+    say = print if main else (lambda _m: None)
     cfg = quickstart_config(overrides, args.out)
-    main = PartialState().is_main_process
-    if main:
-        print(f"hybridtune quick start: {cfg.model.name} -> spiking (T=1) + spiking LoRA r={cfg.adapter.r}, "
-              f"{cfg.trainer.steps} steps on {cfg.data.train}; writing to {cfg.trainer.output_dir}")
-    report = run_domain_adaptation(cfg, echo=print, use_cache=not args.no_cache)
+    say(f"hybridtune quick start: {cfg.model.name} -> spiking (T=1) + spiking LoRA r={cfg.adapter.r}, "
+        f"{cfg.trainer.steps} steps on {cfg.data.train}")
+    cfg = check_run(cfg, say=say, command="quickstart")
+    report = run_domain_adaptation(cfg, echo=print, use_cache=not args.no_cache, callbacks=[StepTimeEstimate()])
     if main:
         print(format_summary(report))
     return 0

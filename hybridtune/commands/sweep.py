@@ -43,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from ..tracking.sweep import validate_sweep
-    from ..tracking.sweep_runner import SweepOptions, plan_trials
+    from hybridtune.sweeps import validate_sweep
+    from hybridtune.sweeps.runner import SweepOptions, plan_trials
 
     spec = validate_sweep(args.file)
     print(f"{args.file}: valid ({spec.method}; metric {spec.metric}, {spec.goal}; "
@@ -52,7 +52,7 @@ def _check(args: argparse.Namespace) -> int:
     method = args.method or spec.method
     if method != "bayes" and (method == "grid" or args.count or spec.run_cap):
         _, trials = plan_trials(spec, SweepOptions(count=args.count, method=args.method, seed=args.seed))
-        from ..tracking.sweep_params import check_parameters
+        from hybridtune.sweeps.params import check_parameters
 
         check_parameters(spec, trials, seed=args.seed)
         print(f"{len(trials)} trials with --local:")
@@ -62,10 +62,10 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tracking.sweep_runner import SweepUnavailable
+    from hybridtune.sweeps.runner import SweepUnavailable
 
     if args.summary:
-        from ..tracking.sweep import summarize
+        from hybridtune.sweeps import summarize
 
         summary = summarize(args.summary)
         return 0 if summary["best"] is not None else 1
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.check:
         return _check(args)
-    from ..tracking.sweep import run_sweep
+    from hybridtune.sweeps import run_sweep
 
     options = dict(count=args.count, project=args.project, entity=args.entity, out=args.out, launcher=args.launcher,
                    num_processes=args.num_processes, cpu=args.cpu, method=args.method, seed=args.seed,

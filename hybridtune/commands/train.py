@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import time
 from typing import Any
 
 # key.sub=value or --key.sub=value; a bare --flag is not an override
@@ -65,7 +66,8 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
 def format_summary(report: dict[str, Any]) -> str:
     """The human-readable end of a run: perplexities, spikes, energy, and where everything is."""
     lines = [
-        f"perplexity on held-out {report.get('data', {}).get('eval', 'data')}:",
+        f"perplexity on held-out {report.get('data', {}).get('eval', 'data')} (block size "
+        f"{report.get('data', {}).get('block_size', '?')}, {report.get('data', {}).get('eval_tokens', '?')} tokens):",
         f"  ANN (not converted)        {_fmt(report.get('ppl_ann'))}",
         f"  spiking, before training   {_fmt(report.get('ppl_spiking_before'))}",
         f"  spiking, after training    {_fmt(report.get('ppl_spiking_after'))}",
@@ -89,14 +91,62 @@ def format_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    from accelerate import PartialState
+def run_stamp() -> str:
+    """The time stamp that ``{time}`` in ``trainer.output_dir`` becomes: the same on every process of a launch."""
+    from accelerate.utils import broadcast_object_list
 
+    from ..trainers.loop import process_state
+
+    stamp = [time.strftime("%Y%m%d-%H%M%S")]
+    if process_state().num_processes > 1:
+        broadcast_object_list(stamp, from_process=0)
+    return stamp[0]
+
+
+def check_run(cfg, *, source: str | None = None, say=print, command: str = "train"):
+    """Every check that needs no model (:func:`hybridtune.preflight.preflight`), ``{time}`` expanded, then the
+    exact training-token count once tokenised (still before the model loads), and the plan printed. Returns
+    ``cfg``; raises ConfigError naming the key (and ``source``)."""
+    from ..config_schema import ConfigError
+    from ..models import load_tokenizer
+    from ..preflight import check_data_size, preflight
+    from ..trainers.data import build_data, open_corpora
+    from ..trainers.loop import process_state
+
+    world = process_state().num_processes
+    try:
+        checked = preflight(cfg, world_size=world)
+        if "{time}" in cfg.trainer.output_dir and cfg.trainer.resume:
+            raise ConfigError(f"got {cfg.trainer.output_dir!r}: with --resume, name the run to continue with --out "
+                              f"RUN_DIR (e.g. hybridtune {command} CONFIG --resume --out runs/own-text-20260101-"
+                              "120000)", "trainer.output_dir")
+        cfg.trainer.output_dir = cfg.trainer.output_dir.replace("{time}", run_stamp())
+        train, _, info = build_data(cfg.data, load_tokenizer(cfg.model.name), open_corpora(cfg.data))
+        check_data_size(cfg, train.num_tokens, world)
+    except ConfigError as exc:
+        raise exc.with_source(exc.source or source) from None
+    for note in checked.notes:
+        say(note)
+    t = cfg.trainer
+    per_step = t.batch_size * t.grad_accum * world
+    blocks = t.steps * per_step
+    say(f"plan: {t.steps} steps x {per_step} blocks of {cfg.data.block_size} tokens = {blocks} blocks, about "
+        f"{round(blocks * info['train_tokens'] / max(1, info['train_blocks'])):,} tokens ({blocks / max(1, info['train_blocks']):.1f} "
+        f"passes over the {info['train_blocks']} blocks, {info['train_tokens']:,} tokens, of {info['train']}); "
+        f"held out: {info['eval_tokens']:,} tokens; writing to {cfg.trainer.output_dir}")
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..trainers.domain import run_domain_adaptation
+    from ..trainers.loop import process_state
+    from .progress import StepTimeEstimate
 
-    cfg = load_config(args.config, cli_overrides(args))
-    report = run_domain_adaptation(cfg, echo=print, use_cache=not args.no_cache)
-    if PartialState().is_main_process:
+    main = process_state().is_main_process
+    cfg = check_run(load_config(args.config, cli_overrides(args)), source=args.config,
+                    say=print if main else (lambda _m: None))
+    report = run_domain_adaptation(cfg, echo=print, use_cache=not args.no_cache, callbacks=[StepTimeEstimate()])
+    if main:
         print(format_summary(report))
     return 0

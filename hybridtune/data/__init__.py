@@ -17,7 +17,7 @@ from __future__ import annotations
 from .builtin import BUILTIN_CORPORA, python_code, python_docs, unicode_names
 from .corpus import SPLITS, Corpus, CorpusError, Document, content_hash, split_score
 from .packing import IGNORE_INDEX, PackedBlocks, PackedDataset, pack, pack_token_ids, tokenize_documents
-from .registry import available_corpora, corpus, register_corpus, unregister_corpus
+from .registry import available_corpora, corpus, corpus_options, register_corpus, unregister_corpus
 from .user import from_dataset, user_corpus
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "available_corpora",
     "content_hash",
     "corpus",
+    "corpus_options",
     "from_dataset",
     "pack",
     "pack_token_ids",

@@ -105,6 +105,53 @@ def assign_splits(keys: Sequence[str], eval_fraction: float) -> list[bool]:
     return is_eval
 
 
+def tail_split(doc: Document, eval_fraction: float) -> tuple[Document, Document] | None:
+    r"""Cut one document into a head (train) and its last ``eval_fraction`` (eval), at the line break (else the
+    space) nearest the cut; None when it has no such break (see :func:`tail_holdout`).
+
+    Example:
+        >>> head, tail = tail_split(Document("k", "a\nb\nc\nd"), 0.25)
+        >>> (head.text, tail.text, tail.key)
+        ('a\nb\nc', 'd', 'k#tail')
+    """
+    text = doc.text.rstrip()
+    target = int(len(text) * (1 - eval_fraction))
+    for sep in ("\n", " "):
+        before, after = text.rfind(sep, 0, target + 1), text.find(sep, target)
+        cuts = [c for c in (before, after) if 0 < c < len(text) - 1]
+        if cuts:
+            cut = min(cuts, key=lambda c: abs(c - target))
+            head, tail = text[:cut].rstrip(), text[cut + 1:].strip()
+            if head.strip() and tail:
+                return Document(doc.key + "#head", head), Document(doc.key + "#tail", tail)
+    return None
+
+
+def tail_holdout(docs: Sequence[Document], eval_fraction: float) -> tuple[list[Document], list[Document]] | None:
+    """(train, eval): the last ``eval_fraction`` of the documents' characters held out, whole trailing documents
+    first, then the end of the one before cut with :func:`tail_split`; None when nothing can be cut.
+
+    Example:
+        >>> train, held = tail_holdout([Document("a", "x" * 80), Document("b", "one two three four")], 0.1)
+        >>> [d.key for d in train], [d.text for d in held]
+        (['a', 'b#head'], ['three four'])
+    """
+    total = sum(len(d.text) for d in docs)
+    want = total * eval_fraction
+    held: list[Document] = []
+    rest = list(docs)
+    while len(rest) > 1 and sum(len(d.text) for d in held) + len(rest[-1].text) <= want:
+        held.insert(0, rest.pop())
+    remaining = want - sum(len(d.text) for d in held)
+    if remaining > 0:
+        last = rest[-1]
+        cut = tail_split(last, min(0.9, remaining / max(1, len(last.text))))
+        if cut is not None:
+            rest[-1] = cut[0]
+            held.insert(0, cut[1])
+    return (rest, held) if held and rest else None
+
+
 def content_hash(texts: Iterable[str]) -> str:
     """sha256 (hex) over documents in order; each is length-prefixed so boundaries count.
 
@@ -151,6 +198,8 @@ class Corpus:
     eval_fraction: float = DEFAULT_EVAL_FRACTION
     kind: str = "user"
     meta: dict[str, Any] = field(default_factory=dict)
+    # with fewer documents than this, the end of the text is held out (tail_holdout) instead of whole documents
+    hash_split_from: int = 2
     _splits: dict[str, list[Document]] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -185,12 +234,20 @@ class Corpus:
             docs = list(self.loader())
             if not docs:
                 raise CorpusError(f"corpus {self.name!r} from {self.source} has no documents", path=self.source)
+            if len(docs) < self.hash_split_from and (cut := tail_holdout(docs, self.eval_fraction)) is not None:
+                # too few documents to hold some out whole: hold out the end of the text instead, and say so
+                self._splits = {"all": docs, "train": cut[0], "eval": cut[1]}
+                self.meta["split_rule"] = (f"{len(docs)} document(s), too few to hold whole ones out, so the last "
+                                           f"{self.eval_fraction:.0%} of the text is held out")
+                return self._splits
             is_eval = assign_splits([d.key for d in docs], self.eval_fraction)
             self._splits = {
                 "all": docs,
                 "train": [d for d, e in zip(docs, is_eval) if not e],
                 "eval": [d for d, e in zip(docs, is_eval) if e],
             }
+            self.meta["split_rule"] = (f"{len(docs)} documents, {self.eval_fraction:.0%} of them held out (chosen by "
+                                       "a hash of each one's key)")
         return self._splits
 
     def records(self, split: str = "train") -> list[Document]:
@@ -206,8 +263,8 @@ class Corpus:
         if not docs:
             total = len(self._load()["all"])
             raise CorpusError(
-                f"split {split!r} of corpus {self.name!r} is empty ({total} document(s) in all); "
-                "add documents, or use split='all'",
+                f"split {split!r} of corpus {self.name!r} is empty ({total} document(s) in all, too short to "
+                "cut); add text, or name a separate held-out corpus (data.eval=PATH, or eval --split train)",
                 path=self.source,
             )
         return docs

@@ -94,6 +94,23 @@ def _call_factory(name: str, factory: Callable[..., Corpus], options: dict[str, 
     return result
 
 
+def corpus_options(name: str, *, text_field: str = "text", sample_by: str | None = None,
+                   encoding: str = "utf-8") -> dict[str, Any]:
+    """The options of a run config's ``data`` section that apply to corpus ``name`` (none for a registered name;
+    ``text_field`` for jsonl / parquet; ``sample_by`` and ``encoding`` for text files and directories).
+
+    Example:
+        >>> corpus_options("python-docs", encoding="latin-1"), corpus_options("notes.jsonl")
+        ({}, {'text_field': 'text'})
+    """
+    if name in _REGISTRY:
+        return {}
+    suffix = Path(name).suffix.lower()
+    if suffix in FORMATS and FORMATS[suffix] != "txt":
+        return {"text_field": text_field}
+    return {"sample_by": sample_by, "encoding": encoding}
+
+
 def corpus(name_or_path: str | os.PathLike[str] | Corpus | Any, **options: Any) -> Corpus:
     """Open a corpus: a registered name, a local file / directory, a `datasets.Dataset`, or a Corpus (returned).
 

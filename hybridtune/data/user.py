@@ -1,8 +1,10 @@
 """User corpora: local ``.txt``, ``.jsonl`` / ``.json`` and ``.parquet`` files (or a directory of one kind).
 
 - ``.txt``: a single file is cut into documents at blank lines (``sample_by="paragraph"``, the default for a file,
-  so that one file still gives a train and an eval split); in a directory each file is one document
-  (``sample_by="document"``, the default there). ``sample_by="line"`` makes every non-blank line a document.
+  so that one file still gives a train and an eval split); in a directory of at least ``FILES_AS_DOCUMENTS`` files
+  each file is one document (``sample_by="document"``), in a smaller one each file is cut at blank lines too (a
+  held-out file would be most of the text). ``sample_by="line"`` makes every non-blank line a document. A corpus
+  that is still one document holds out its end (see :func:`hybridtune.data.corpus.tail_split`).
 - ``.jsonl`` / ``.json`` / ``.parquet``: read with ``datasets.load_dataset("json" | "parquet", data_files=...)``
   (packaged builders: nothing is fetched); one row = one document, text in ``text_field`` (default ``"text"``).
 
@@ -32,6 +34,7 @@ from .corpus import DEFAULT_EVAL_FRACTION, Corpus, CorpusError, Document
 
 FORMATS = {".txt": "txt", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 SAMPLE_BY = ("document", "paragraph", "line")
+FILES_AS_DOCUMENTS = 10  # a directory with fewer files is cut into paragraphs by default
 ACCEPTED = "a .txt, .jsonl, .json or .parquet file, or a directory of such files (one kind)"
 _BLANK_LINE = re.compile(r"\n(?:[ \t\f\v]*\n)+")  # one or more blank (or whitespace-only) lines
 
@@ -71,7 +74,8 @@ def _read_text(path: Path, encoding: str) -> str:
         return path.read_text(encoding=encoding)
     except UnicodeDecodeError as err:
         raise _fail(f"corpus file {str(path)!r} is not valid {encoding} text (byte {err.start}: {err.reason}); "
-                    "pass encoding=... or convert the file", path) from err
+                    "name its encoding with data.encoding=latin-1 (or cp1252, utf-16, ...; `hybridtune eval "
+                    "--encoding`), or convert the file to UTF-8", path) from err
     except OSError as err:
         raise _fail(f"cannot read corpus file {str(path)!r}: {err.strerror or err}", path) from err
 
@@ -125,8 +129,32 @@ def _table_rows(path: Path, files: list[Path], fmt: str, cache_dir: str | None) 
         with _quiet_datasets():
             return datasets.load_dataset(fmt, data_files=[str(f) for f in files], split="train", cache_dir=cache_dir)
     except Exception as err:  # datasets raises many types (DatasetGenerationError, ArrowInvalid, OSError, ...)
+        if fmt == "json" and (where := _first_bad_json_line(files)) is not None:
+            raise _fail(f"cannot read {where[0]!r}: line {where[1]} is not a JSON object ({where[2]}); fix or "
+                        "remove that line (JSON lines: one object such as {\"text\": \"...\"} per line)",
+                        where[0]) from err
         raise _fail(f"cannot read {fmt} corpus {str(path)!r}: {type(err).__name__}: {err}; expected {ACCEPTED} "
                     "(JSON lines with one object per row, or a valid parquet file)", path) from err
+
+
+def _first_bad_json_line(files: list[Path]) -> tuple[str, int, str] | None:
+    """(file, 1-based line, reason) of the first line of a ``.jsonl`` file that is not a JSON object."""
+    import json
+
+    for f in files:
+        if f.suffix.lower() != ".jsonl":
+            continue
+        with f.open(encoding="utf-8", errors="replace") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    return str(f), number, exc.msg
+                if not isinstance(row, dict):
+                    return str(f), number, f"a {type(row).__name__}, not an object"
+    return None
 
 
 def dataset_documents(dataset: Any, text_field: str = "text", id_field: str | None = None,
@@ -142,8 +170,10 @@ def dataset_documents(dataset: Any, text_field: str = "text", id_field: str | No
     columns = list(dataset.column_names)
     for fld, role in ((text_field, "text_field"), (id_field, "id_field")):
         if fld is not None and fld not in columns:
+            remedy = "set data.text_field=<one of them> (eval: --text-field)" if role == "text_field" else \
+                "name one of them as id_field"
             raise CorpusError(f"{where}: no field {fld!r} for {role}; fields present: {', '.join(columns) or '(none)'}"
-                              f"; pass {role}=<one of them>", path=where)
+                              f"; {remedy}", path=where)
     texts = list(dataset[text_field])
     ids = list(dataset[id_field]) if id_field is not None else texts
     docs = []
@@ -188,23 +218,24 @@ def user_corpus(
 ) -> Corpus:
     """Open a local corpus file or directory (see the module docstring for formats and splitting).
 
-    ``sample_by`` applies to ``.txt`` ("document", "paragraph", "line"; default "paragraph" for one file,
-    "document" for a directory); ``text_field`` / ``id_field`` to jsonl / parquet; ``cache_dir`` is passed to
+    ``sample_by`` applies to ``.txt`` ("document", "paragraph", "line"; default "paragraph", except "document" for
+    a directory of at least ``FILES_AS_DOCUMENTS`` files); ``text_field`` / ``id_field`` to jsonl / parquet; ``cache_dir`` is passed to
     `datasets` (its arrow cache).
 
     Example:
         >>> import pathlib, tempfile
         >>> d = pathlib.Path(tempfile.mkdtemp())
         >>> _ = (d / "a.txt").write_text("doc a"); _ = (d / "b.txt").write_text("doc b")
-        >>> [r.key for r in user_corpus(d).records("all")]
+        >>> [r.key for r in user_corpus(d, sample_by="document").records("all")]
         ['a.txt', 'b.txt']
     """
     given = Path(os.fspath(path)).expanduser()
     fmt, files = _files_of(given)
     if sample_by is None:
-        sample_by = "paragraph" if given.is_file() else "document"
+        sample_by = "document" if given.is_dir() and len(files) >= FILES_AS_DOCUMENTS else "paragraph"
     if sample_by not in SAMPLE_BY:
-        raise _fail(f"sample_by={sample_by!r} is not one of {', '.join(SAMPLE_BY)} (corpus {str(given)!r})", given)
+        raise _fail(f"data.sample_by={sample_by!r} is not one of {', '.join(SAMPLE_BY)} (corpus {str(given)!r})",
+                    given)
     if fmt == "txt":
         docs = _txt_documents(given, files, sample_by, encoding)
         meta: dict[str, Any] = {"format": fmt, "files": len(files), "sample_by": sample_by}
@@ -216,6 +247,6 @@ def user_corpus(
         raise _fail(f"corpus {str(given)!r} is empty: no non-blank documents; expected {ACCEPTED} with text in it",
                     given)
     corpus = Corpus(name or os.fspath(path), str(given.resolve()), lambda: docs, eval_fraction=eval_fraction,
-                    kind="user", meta=meta)
+                    kind="user", meta=meta, hash_split_from=FILES_AS_DOCUMENTS)
     corpus.records("all")  # split now, so bad options surface when the corpus is opened
     return corpus

@@ -1,4 +1,5 @@
-"""Learners: the protocol, the registry, composition by parameter group, and the ``surrogate`` learner.
+"""Learners: the protocol, the registry, composition by parameter group, and the ``surrogate`` learner, and
+:func:`gradient_alignment` (does a learner's update point downhill?).
 
 A learner owns a group of adapter parameters and updates them; the trainer calls every learner the same way (see
 :mod:`hybridtune.learners.protocol`). Learners never import the trainer. Local plasticity math lives in
@@ -14,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+from .alignment import gradient_alignment
 from .groups import ParameterGroupError, assign_parameters, split_parameters
 from .protocol import (
     Learner,
@@ -39,5 +41,5 @@ __all__ = [
     "Learner", "Observation", "OptimDefaults", "ParamSpec", "SetupContext", "apply_update", "check_learner",
     "mean_across_ranks", "ParameterGroupError", "assign_parameters", "split_parameters", "ENTRY_POINT_GROUP",
     "UnknownLearnerError", "available_learners", "get_factory", "learner", "register_learner", "SurrogateLearner",
-    "build_scheduler", "resolve_optimizer",
+    "build_scheduler", "resolve_optimizer", "gradient_alignment",
 ]

@@ -15,7 +15,7 @@ Score functions (``∂ log P(s | v) / ∂v`` and ``∂ log P(s | v) / ∂θ``) f
 
 :func:`membrane_noise_input` turns a membrane noise ``ε [B, T, r]`` into an input perturbation ``δ = ε (A Aᵀ)⁻¹ A``
 with ``δ Aᵀ = ε`` exactly (for ``A`` of full row rank), which is how the learners inject noise through the adapter's
-input path without touching the frozen base output (see :mod:`hybridtune.learners.plastic`).
+input path without touching the frozen base output (see :mod:`hybridtune.learners.plasticity.learner`).
 
 Example:
     >>> import torch

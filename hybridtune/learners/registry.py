@@ -33,8 +33,9 @@ ENTRY_POINT_GROUP = "hybridtune.learners"
 # name -> "module:attr"; imported on first use. New in-tree learners add a line here and nothing else.
 _BUILTINS: dict[str, str] = {
     "surrogate": "hybridtune.learners.surrogate:SurrogateLearner",
-    "stdp": "hybridtune.learners.stdp:STDPLearner",
-    "rstdp": "hybridtune.learners.rstdp:RSTDPLearner",
+    "stdp": "hybridtune.learners.plasticity.stdp_learner:STDPLearner",
+    "rstdp": "hybridtune.learners.plasticity.rstdp_learner:RSTDPLearner",
+    "eprop": "hybridtune.learners.eprop.learner:EpropLearner",
 }
 
 _REGISTRY: dict[str, Callable[..., Learner]] = {}

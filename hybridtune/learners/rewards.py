@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hybridtune.perplexity import causal_lm_nll
+
 from .protocol import Observation
 
 __all__ = [
@@ -67,10 +69,7 @@ def token_nll(logits: Tensor, labels: Tensor) -> Tensor:
         >>> token_nll(torch.zeros(1, 3, 4), torch.tensor([[0, 1, -100]])).tolist()[0][0] > 1.38
         True
     """
-    shift = logits[:, :-1].float()
-    target = labels[:, 1:].to(shift.device)
-    return F.cross_entropy(shift.reshape(-1, shift.shape[-1]), target.reshape(-1), ignore_index=-100,
-                           reduction="none").view(target.shape)
+    return causal_lm_nll(logits, labels)[0]
 
 
 def _target_mask(obs: Observation) -> Tensor:

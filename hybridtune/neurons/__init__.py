@@ -24,6 +24,9 @@ from .functional import (
     if_step,
     lif_sequence,
     lif_step,
+    phase_bound,
+    phase_quantize,
+    phase_spikes,
     popcount,
     spike_count,
 )
@@ -35,6 +38,7 @@ from .stats import SpikeStats, recomputing, record_spikes
 from .surrogates import Surrogate, available_surrogates, get_surrogate, register_surrogate
 from .thresholds import (
     ChannelCalibrator,
+    ChannelScaledThreshold,
     DynamicThreshold,
     StaticThreshold,
     ThresholdStrategy,
@@ -43,6 +47,7 @@ from .thresholds import (
 
 __all__ = [
     "ChannelCalibrator",
+    "ChannelScaledThreshold",
     "ENCODINGS",
     "DynamicThreshold",
     "GradedNeuron",
@@ -73,6 +78,9 @@ __all__ = [
     "lif_sequence",
     "lif_step",
     "make_neuron",
+    "phase_bound",
+    "phase_quantize",
+    "phase_spikes",
     "popcount",
     "recomputing",
     "record_spikes",

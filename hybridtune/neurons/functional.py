@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .surrogates import Surrogate
 
 COUNTINGS = ("unary", "base2")
-THRESHOLD_MODES = ("mean_abs", "rms")
+THRESHOLD_MODES = ("mean_abs", "rms", "max_abs")
 
 # int32 popcount: |q| is clamped here before the cast (counts reach ~2e4 in outlier channels; far below this).
 _INT32_MAX = 2**31 - 1
@@ -51,6 +51,51 @@ def graded_quantize(v: Tensor, theta: Tensor | float, max_spikes: int | None = N
             raise ValueError(f"max_spikes={max_spikes} must be >= 0 or None (no cap)")
         q.clamp_(-max_spikes, max_spikes)
     return q
+
+
+def phase_bound(phases: int) -> int:
+    """Largest ``|count|`` a K-phase neuron can emit: ``2**K - 1`` (K weighted spikes theta, 2 theta, ... 2^(K-1) theta).
+
+    Example:
+        >>> phase_bound(4), phase_bound(8)
+        (15, 255)
+    """
+    if not isinstance(phases, int) or isinstance(phases, bool) or not 1 <= phases <= 30:
+        raise ValueError(f"phases={phases!r} must be an integer in [1, 30]")
+    return (1 << phases) - 1
+
+
+def phase_quantize(v: Tensor, theta: Tensor | float, phases: int) -> Tensor:
+    """Signed count of a K-phase (bit-serial) neuron: ``round(v / theta)`` saturated at ``+-(2**K - 1)``.
+
+    Phase ``k`` (k = 0 .. K-1) carries weight ``2**k``; the neuron fires in phase ``k`` when bit ``k`` of ``|count|``
+    is set, with the count's sign as polarity. So a count needs at most K spikes (``spike_count(q, "base2")``) and
+    ``|count|`` spikes under unary counting. Values beyond the bound saturate (clip), they do not wrap.
+
+    Example:
+        >>> phase_quantize(torch.tensor([0.4, 6.6, -40.0, 15.4]), 1.0, phases=4).tolist()
+        [0.0, 7.0, -15.0, 15.0]
+    """
+    return graded_quantize(v, theta, phase_bound(phases))
+
+
+def phase_spikes(q: Tensor, phases: int) -> Tensor:
+    """Per-phase spikes of counts ``q`` (``|q| <= 2**K - 1``): ``[K, *q.shape]`` in {-1, 0, 1}; phase k weighs 2^k.
+
+    ``(phase_spikes(q, K) * 2**k).sum(0) == q``: the bit-serial code is exact. Used by tests and for inspection;
+    the model itself consumes ``q * theta`` (what the K weighted spikes add up to at the synapse).
+
+    Example:
+        >>> s = phase_spikes(torch.tensor([5.0, -2.0]), 3)
+        >>> s[:, 0].tolist(), s[:, 1].tolist()
+        ([1.0, 0.0, 1.0], [0.0, -1.0, 0.0])
+    """
+    bound = phase_bound(phases)
+    if bool((q.abs() > bound).any()):
+        raise ValueError(f"phase_spikes: |count| exceeds 2**{phases} - 1 = {bound}")
+    mag = q.abs().to(torch.int64)
+    bits = torch.stack([torch.bitwise_right_shift(mag, k).bitwise_and_(1) for k in range(phases)])
+    return (bits.to(q.dtype) * torch.sign(q)).add_(0.0)  # + 0.0 turns the -0.0 of negative counts into 0.0
 
 
 def popcount(n: Tensor) -> Tensor:
@@ -92,7 +137,9 @@ def spike_count(q: Tensor, counting: str = "unary") -> Tensor:
 
 
 def dynamic_threshold(v: Tensor, mode: str = "mean_abs", divisor: float = 8.0, eps: float = 1e-12) -> Tensor:
-    """Per-token threshold over the last dim, shape ``[..., 1]``: ``mean|v| / divisor`` or ``rms(v) / divisor``.
+    """Per-token threshold over the last dim, shape ``[..., 1]``: ``mean|v|``, ``rms(v)`` or ``max|v|`` / divisor.
+
+    ``max_abs`` with ``divisor = 2**K - 1`` never saturates a K-phase count (per-token absmax scaling).
 
     The result is floored at ``max(eps, finfo(dtype).tiny)`` so an all-zero token quantises to zeros, not NaN.
     With ``mode="rms"`` this is RMSNorm realised as threshold adaptation.
@@ -108,8 +155,10 @@ def dynamic_threshold(v: Tensor, mode: str = "mean_abs", divisor: float = 8.0, e
     if mode == "mean_abs":
         # abs().sum() is ~10x faster on CPU than vector_norm(ord=1), despite the temporary.
         theta = v.abs().sum(-1, keepdim=True).div_(c * divisor)
-    else:  # vector_norm(ord=2) is fast and needs no v**2 temporary
+    elif mode == "rms":  # vector_norm(ord=2) is fast and needs no v**2 temporary
         theta = torch.linalg.vector_norm(v, ord=2, dim=-1, keepdim=True).div_(c**0.5 * divisor)
+    else:
+        theta = v.abs().amax(-1, keepdim=True).div_(divisor)
     floor = max(eps, torch.finfo(theta.dtype).tiny) if theta.is_floating_point() else eps
     return theta.clamp_(min=floor)
 

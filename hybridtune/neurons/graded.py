@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .functional import COUNTINGS, _check_choice, graded_quantize, spike_count
+from .functional import COUNTINGS, _check_choice, graded_quantize, phase_bound, spike_count
 from .stats import SpikeStats, record_spikes
 from .thresholds import ThresholdStrategy
 
@@ -50,7 +50,9 @@ class GradedNeuron(nn.Module):
     Args:
         threshold: a ``ThresholdStrategy`` (``StaticThreshold`` per channel, ``DynamicThreshold`` per token).
             ``nn.Module`` strategies are registered as the submodule ``threshold`` (their buffers save and move).
-        max_spikes: cap ``n`` on ``|q|`` (None: no cap; LLM outlier channels need none).
+        max_spikes: cap ``n`` on ``|q|`` (None: no cap: an unbounded count, a reference only).
+        phases: K-phase (bit-serial) code: ``max_spikes = 2**K - 1``, so a count is at most K weighted spikes
+            (base-2) and saturates at the bound. Give ``phases`` or ``max_spikes``, not both.
         counting: ``"unary"`` (``|q|`` spikes) or ``"base2"`` (``popcount(|q|)`` spikes: thresholds theta,
             2 theta, 4 theta, ...). Counting changes the spike statistics, not the value.
 
@@ -65,8 +67,14 @@ class GradedNeuron(nn.Module):
         [[1.0, -3.0]]
     """
 
-    def __init__(self, threshold: ThresholdStrategy, max_spikes: int | None = None, counting: str = "unary"):
+    def __init__(self, threshold: ThresholdStrategy, max_spikes: int | None = None, counting: str = "unary",
+                 phases: int | None = None):
         super().__init__()
+        if phases is not None:
+            if max_spikes is not None and max_spikes != phase_bound(phases):
+                raise ValueError(f"give phases ({phases}: cap {phase_bound(phases)}) or max_spikes ({max_spikes}), "
+                                 "not both")
+            max_spikes = phase_bound(phases)
         if not callable(threshold):
             raise TypeError(f"threshold must be a ThresholdStrategy (callable v -> theta); got {type(threshold)}")
         _check_choice(counting, COUNTINGS, "counting")
@@ -74,6 +82,7 @@ class GradedNeuron(nn.Module):
             raise ValueError(f"max_spikes={max_spikes} must be >= 0 or None (no cap)")
         self.threshold = threshold
         self.max_spikes = max_spikes
+        self.phases = phases
         self.counting = counting
         self.stats: SpikeStats | None = None
         self.fan_out: int = 1
@@ -98,4 +107,12 @@ class GradedNeuron(nn.Module):
             return _quantize_dequantize(v, theta, self.max_spikes, on_counts)
 
     def extra_repr(self) -> str:
-        return f"max_spikes={self.max_spikes}, counting={self.counting!r}, fan_out={self.fan_out}"
+        phases = f"phases={self.phases}, " if self.phases is not None else ""
+        return f"{phases}max_spikes={self.max_spikes}, counting={self.counting!r}, fan_out={self.fan_out}"
+
+    @property
+    def activation_bits(self) -> int | None:
+        """Bits of the signed integer a count needs (sign + magnitude bits); None when unbounded."""
+        if self.max_spikes is None:
+            return None
+        return 1 + max(1, int(self.max_spikes).bit_length())

@@ -27,13 +27,21 @@ class SpikeStats:
     neuron_steps: int = 0
     silent: int = 0
     sops: float = 0.0
+    unary_spikes: float = 0.0  # the same counts under unary counting (|q| spikes per neuron); equals spikes if unary
 
-    def record(self, spikes: Tensor | float, silent: Tensor | int, neuron_steps: int, fan_out: int = 1) -> None:
-        """Add one forward's counts (0-d tensors are read with a single host transfer)."""
-        if isinstance(spikes, Tensor) or isinstance(silent, Tensor):
-            pair = torch.stack([torch.as_tensor(spikes, dtype=torch.float64),
-                                torch.as_tensor(silent, dtype=torch.float64)]).tolist()
-            spikes, silent = pair[0], int(pair[1])
+    def record(self, spikes: Tensor | float, silent: Tensor | int, neuron_steps: int, fan_out: int = 1,
+               unary: Tensor | float | None = None) -> None:
+        """Add one forward's counts (0-d tensors are read with a single host transfer).
+
+        ``unary`` is the spike total under unary counting when ``spikes`` counts otherwise (base-2); None: equal.
+        """
+        unary = spikes if unary is None else unary
+        if isinstance(spikes, Tensor) or isinstance(silent, Tensor) or isinstance(unary, Tensor):
+            triple = torch.stack([torch.as_tensor(spikes, dtype=torch.float64),
+                                  torch.as_tensor(silent, dtype=torch.float64),
+                                  torch.as_tensor(unary, dtype=torch.float64)]).tolist()
+            spikes, silent, unary = triple[0], int(triple[1]), triple[2]
+        self.unary_spikes += float(unary)
         self.spikes += float(spikes)
         self.silent += int(silent)
         self.neuron_steps += int(neuron_steps)
@@ -46,6 +54,7 @@ class SpikeStats:
         self.neuron_steps += other.neuron_steps
         self.silent += other.silent
         self.sops += other.sops
+        self.unary_spikes += other.unary_spikes
         return self
 
     def __add__(self, other: SpikeStats) -> SpikeStats:
@@ -61,12 +70,18 @@ class SpikeStats:
         return self.spikes / self.neuron_steps if self.neuron_steps else 0.0
 
     @property
+    def spikes_per_neuron_unary(self) -> float:
+        """Mean spikes per neuron-step under unary counting (``|count|`` spikes; the divisor's scale by construction)."""
+        return self.unary_spikes / self.neuron_steps if self.neuron_steps else 0.0
+
+    @property
     def silent_share(self) -> float:
         """Share of neuron-steps that emitted no spike."""
         return self.silent / self.neuron_steps if self.neuron_steps else 0.0
 
     def as_dict(self) -> dict[str, float]:
-        return {**asdict(self), "spikes_per_neuron": self.spikes_per_neuron, "silent_share": self.silent_share}
+        return {**asdict(self), "spikes_per_neuron": self.spikes_per_neuron,
+                "spikes_per_neuron_unary": self.spikes_per_neuron_unary, "silent_share": self.silent_share}
 
 
 def recomputing() -> bool:
@@ -93,5 +108,6 @@ def record_spikes(stats: SpikeStats | None, s: Tensor, fan_out: int, counts: Ten
         # then the few row totals in float64. A float64 or int64 sum over the whole tensor is ~50x slower on CPU.
         rows = c.sum(-1, dtype=torch.int32) if not c.is_floating_point() else c.sum(-1)
         spikes = rows.sum(dtype=torch.float64)
+        unary = None if counts is None else s.abs().sum(-1).sum(dtype=torch.float64)
         silent = s.numel() - torch.count_nonzero(s)
-        stats.record(spikes, silent, s.numel(), fan_out)
+        stats.record(spikes, silent, s.numel(), fan_out, unary)

@@ -68,7 +68,7 @@ class StaticThreshold(nn.Module):
 
 
 class DynamicThreshold(nn.Module):
-    """Per-token threshold adaptation: ``theta = mean|v| / divisor`` (``"mean_abs"``) or ``rms(v) / divisor``.
+    """Per-token threshold adaptation: ``theta = stat(v_t) / divisor``, stat ``mean_abs``, ``rms`` or ``max_abs``.
 
     Example:
         >>> DynamicThreshold("rms", divisor=1.0)(torch.tensor([[3.0, 4.0]])).tolist()
@@ -87,6 +87,41 @@ class DynamicThreshold(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, divisor={self.divisor}"
+
+
+class ChannelScaledThreshold(nn.Module):
+    """A per-token threshold scaled per channel: ``theta[t, c] = scale_c * inner(v / scale)[t]``.
+
+    Outlier channels (large ``scale_c``) get proportionally coarser steps instead of saturating a bounded count; the
+    per-token statistic is taken over ``v / scale`` (a weighted sum: one multiply-accumulate per element, charged).
+    ``scale`` folds into the consuming weights (``W diag(scale)``), so the count times the per-token threshold is
+    all the synapse needs. ``scale`` is a persistent buffer (saved with the calibration state).
+
+    Example:
+        >>> t = ChannelScaledThreshold(DynamicThreshold("mean_abs", divisor=1.0), torch.tensor([1.0, 4.0]))
+        >>> t(torch.tensor([[1.0, 8.0]])).tolist()
+        [[1.5, 6.0]]
+    """
+
+    scale: Tensor
+
+    def __init__(self, inner: nn.Module, scale: Tensor):
+        super().__init__()
+        if scale.ndim != 1 or not bool(torch.all(torch.isfinite(scale) & (scale > 0))):
+            raise ValueError("ChannelScaledThreshold: scale must be a [C] tensor, finite and > 0")
+        self.inner = inner
+        self.register_buffer("scale", scale.detach().clone(), persistent=True)
+
+    @property
+    def mode(self) -> str:
+        return getattr(self.inner, "mode", "mean_abs")
+
+    def forward(self, v: Tensor) -> Tensor:
+        s = self.scale if self.scale.dtype == v.dtype else self.scale.to(v.dtype)
+        return self.inner(v / s) * s
+
+    def extra_repr(self) -> str:
+        return f"channels={self.scale.numel()}"
 
 
 def _validate_theta(theta: Tensor) -> None:

@@ -1,15 +1,17 @@
 """Which implementation of ``hybridtune::spike_lora`` runs: ``auto | torch | cuda``, chosen explicitly and visibly.
 
 The request comes from :func:`set_backend` (the run config), else the ``HYBRIDTUNE_OP_BACKEND`` environment variable,
-else ``auto``. It is resolved lazily -- on the first forward that sees a CUDA tensor, or when :func:`activate` is
-called -- because building the CUDA extension compiles it on first use:
+else ``auto``. It is resolved once, when a spiking model is built (``get_spiking_peft_model``) or a trainer
+starts (:func:`activate`), never inside a forward; until then the reference runs everywhere. Building the CUDA
+extension compiles it on first use:
 
 * ``torch``: the pure-PyTorch reference everywhere (a CUDA kernel registered earlier in the process is disabled).
 * ``cuda``: load the extension and register its kernel for ``"cuda"``; any failure raises (never a silent
   downgrade). Without a visible GPU it raises too.
-* ``auto``: ``cuda`` when a GPU is visible and the extension loads, else ``torch``; the reason is kept and shown by
-  :func:`backend_info` (and ``hybridtune doctor``), and a warning is logged when a GPU was visible but the
-  extension failed.
+* ``auto``: ``cuda`` when a GPU is visible, the kernel has passed its parity check on that device class (a stamp,
+  :mod:`hybridtune.ops.parity`) and the extension loads; else ``torch``. The reason is kept and shown by
+  :func:`backend_info` (and ``hybridtune doctor``); a warning is logged when a verified GPU was visible but the
+  extension failed. An unverified kernel runs only when asked for by name (``cuda``).
 
 CPU tensors always run the reference (there is no CPU kernel).
 
@@ -31,7 +33,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .spike_lora import spike_lora
+from . import parity
+from .spike_lora import spike_lora, use_cuda_backward
 
 BACKENDS = ("auto", "torch", "cuda")
 ENV_VAR = "HYBRIDTUNE_OP_BACKEND"
@@ -89,11 +92,13 @@ def _register_cuda() -> None:
         _STATE.kernel_registered = True
     _STATE.extension = getattr(module, "__file__", None) or getattr(module, "__name__", repr(module))
     _STATE.disabled.close()  # re-enable a kernel that an earlier "torch" choice switched off
+    use_cuda_backward(cuda_ext.spike_lora_backward_cuda, cuda_ext.KERNEL_SURROGATES)
 
 
 def _use_torch(reason: str) -> None:
     _STATE.active, _STATE.reason = "torch", reason
     _STATE.disabled.close()
+    use_cuda_backward(None)
     if _STATE.kernel_registered:
         # keep the registered kernel switched off until another backend is chosen
         _STATE.disabled.enter_context(spike_lora.set_kernel_enabled("cuda", False))
@@ -116,8 +121,13 @@ def activate() -> str:
         _register_cuda()
         _STATE.active, _STATE.reason = "cuda", f"{where}: CUDA kernel loaded"
     else:
+        stamp = parity.find_stamp(parity.device_class()) if torch.cuda.is_available() else None
         if not torch.cuda.is_available():
             _use_torch(f"{where}: no CUDA device visible, pure-PyTorch reference")
+        elif stamp is None:
+            _use_torch(f"{where}: the CUDA kernel has not passed its parity check on {parity.device_class()} "
+                       "(no stamp; benchmarks/gpu_check.sh writes one), pure-PyTorch reference; "
+                       "backend 'cuda' runs it anyway")
         else:
             try:
                 _register_cuda()

@@ -51,7 +51,7 @@ KERNEL_SURROGATES = ("atan", "fast_sigmoid", "sigmoid", "straight_through")
 ENV_BUILD_DIR = "HYBRIDTUNE_EXTENSION_DIR"
 # used when no GPU is visible to pick an architecture from (ahead-of-time builds); sm_80+ runs the tensor-core path
 DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
-# nvcc flags of the compile check: DESIGN.md section 7 plus the half/bfloat16 guards torch's own build passes
+# nvcc flags of the compile check: docs/architecture.md (CUDA build flags) plus the half/bfloat16 guards torch's own build passes
 CHECK_FLAGS = ("-std=c++20", "-O3", "-gencode=arch=compute_90a,code=sm_90a", "-Xptxas", "-v", "-Xcompiler", "-fPIC",
                "--expt-relaxed-constexpr", "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
                "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__")

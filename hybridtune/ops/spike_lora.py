@@ -18,6 +18,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import torch
 from torch import Tensor
 
@@ -48,16 +50,17 @@ def _spike_lora_fake(x, weight, bias, lora_A, lora_B, scaling, neuron, threshold
             x.new_empty(bsz, lora_A.shape[0]))
 
 
-def _cuda_backward_active(surrogate: str) -> bool:
-    """The fused CUDA backward runs when the ``cuda`` backend is active and knows the surrogate; a surrogate
-    registered at runtime has no CUDA code, so its gradients come from the reference (also on CUDA tensors)."""
-    from . import backend
+# The CUDA backward and the surrogates it knows, set by the backend selection (:mod:`.backend`) while the ``cuda``
+# backend is active; None: the reference backward everywhere. Set from outside so the op never asks which backend
+# is active in the middle of a backward.
+_CUDA_BACKWARD: tuple[Callable, frozenset[str]] | None = None
 
-    if backend.active_backend() != "cuda":
-        return False
-    from .cuda_ext import KERNEL_SURROGATES
 
-    return surrogate in KERNEL_SURROGATES
+def use_cuda_backward(backward: Callable | None, surrogates: Iterable[str] = ()) -> None:
+    """Route the backward of CUDA tensors through ``backward`` for ``surrogates`` (a surrogate registered at runtime
+    has no CUDA code: its gradients come from the reference); ``None`` switches back to the reference."""
+    global _CUDA_BACKWARD
+    _CUDA_BACKWARD = None if backward is None else (backward, frozenset(surrogates))
 
 
 def _setup_context(ctx, inputs, output):
@@ -73,8 +76,8 @@ def _backward(ctx, grad_out, grad_spikes, grad_state):
     nig = ctx.needs_input_grad
     needs = (nig[0], nig[1], has_bias and nig[2], nig[3], nig[4], nig[7], nig[8], state is not None and nig[10])
     backward = spike_lora_backward
-    if x.is_cuda and _cuda_backward_active(surrogate):
-        from .cuda_ext import spike_lora_backward_cuda as backward
+    if x.is_cuda and _CUDA_BACKWARD is not None and surrogate in _CUDA_BACKWARD[1]:
+        backward = _CUDA_BACKWARD[0]
     gx, gw, gb, ga, gbb, gth, gdec, gstate = backward(
         grad_out, grad_spikes, grad_state, x, weight, lora_A, lora_B, spikes, scaling, neuron, threshold, decay,
         reset, state, max_spikes, surrogate, slope, needs)

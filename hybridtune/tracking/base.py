@@ -98,11 +98,26 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def write_metrics(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Replace ``path`` with ``rows`` atomically (fsynced temporary file, then a rename)."""
+    from ..files import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(dict(r)) + "\n" for r in rows))
+
+
+def keep_rows(path: str | Path, count: int) -> None:
+    """Keep the first ``count`` rows of a ``metrics.jsonl`` (what a checkpoint had seen), atomically."""
+    rows = read_metrics(path)
+    if len(rows) > count:
+        write_metrics(path, rows[:count])
+
+
 class JsonlTracker(NullTracker):
     """Appends ``{"step": s, **metrics}`` lines to ``path``, flushed per line (a killed run loses at most one).
 
     ``resume_step``: keep only the rows with ``step <= resume_step`` (what the checkpoint being resumed had seen),
-    so a resumed run's log equals an uninterrupted run's. None starts a fresh file.
+    so a resumed run's log equals an uninterrupted run's. None starts a fresh file. The kept rows are rewritten
+    atomically (a kill during the rewrite leaves the old file whole). ``rows`` counts the lines in the file.
     """
 
     name = "jsonl"
@@ -112,15 +127,15 @@ class JsonlTracker(NullTracker):
         self.location = str(self.path.parent)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step] if resume_step is not None else []
-        with self.path.open("w") as fh:
-            for row in kept:
-                fh.write(json.dumps(row) + "\n")
+        write_metrics(self.path, kept)
+        self.rows = len(kept)
         self._fh = self.path.open("a")
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         row = {"step": int(step), **{k: scalar(v) for k, v in metrics.items()}}
         self._fh.write(json.dumps(row) + "\n")
         self._fh.flush()
+        self.rows += 1
 
     # summary, images and tables: discarded (the trainer writes the final report itself)
 
@@ -169,4 +184,5 @@ class MultiTracker:
             t.finish()
 
 
-__all__ = ["Tracker", "NullTracker", "JsonlTracker", "MultiTracker", "read_metrics", "flatten", "scalar"]
+__all__ = ["Tracker", "NullTracker", "JsonlTracker", "MultiTracker", "read_metrics", "write_metrics", "keep_rows",
+           "flatten", "scalar"]

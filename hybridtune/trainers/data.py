@@ -11,20 +11,19 @@ Example:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ..config import DataSection
 from ..config_schema import ConfigError
 
-_TABLE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
+def open_corpus(name: str, text_field: str = "text", key: str = "data.train", sample_by: str | None = None,
+                encoding: str = "utf-8"):
+    """A built-in domain or a user path; ``text_field`` applies to jsonl / parquet, ``sample_by`` / ``encoding`` to
+    text. Errors name ``key``."""
+    from ..data import CorpusError, corpus, corpus_options
 
-def open_corpus(name: str, text_field: str = "text", key: str = "data.train"):
-    """A built-in domain or a user path; ``text_field`` applies to jsonl / parquet. Errors name ``key``."""
-    from ..data import CorpusError, corpus
-
-    options = {"text_field": text_field} if Path(name).suffix in _TABLE_SUFFIXES else {}
+    options = corpus_options(name, text_field=text_field, sample_by=sample_by, encoding=encoding)
     try:
         return corpus(name, **options)
     except CorpusError as exc:
@@ -33,8 +32,9 @@ def open_corpus(name: str, text_field: str = "text", key: str = "data.train"):
 
 def open_corpora(section: DataSection) -> tuple[Any, Any]:
     """The training and held-out corpora of the ``data`` section (the same object when ``data.eval`` is null)."""
-    train_c = open_corpus(section.train, section.text_field, "data.train")
-    return train_c, open_corpus(section.eval, section.text_field, "data.eval") if section.eval else train_c
+    txt = {"sample_by": section.sample_by, "encoding": section.encoding}
+    train_c = open_corpus(section.train, section.text_field, "data.train", **txt)
+    return train_c, open_corpus(section.eval, section.text_field, "data.eval", **txt) if section.eval else train_c
 
 
 def build_data(section: DataSection, tokenizer: Any, corpora: tuple[Any, Any] | None = None

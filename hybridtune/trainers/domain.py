@@ -6,6 +6,9 @@
 blocks), ``spikes_per_neuron``, the energy estimate, ``tokens_trained``, the data's content hashes, the base
 model's fingerprint and where the conversion cache and the tracker files are.
 
+Resuming a run that already finished is a no-op that says so and returns the report on disk (nothing is loaded);
+``pipeline.json`` that is damaged (empty, torn) is measured again rather than trusted.
+
 Example:
     >>> from hybridtune.config import load_config
     >>> cfg = load_config("configs/quickstart.yaml", ["trainer.steps=2"])   # doctest: +SKIP
@@ -17,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import inspect
-import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,11 +30,14 @@ import torch
 
 from ..config import AdapterSection, RunConfig
 from ..config_schema import ConfigError, to_dict
+from ..files import FileError, atomic_write_json, fsync_tree, read_json, writing
 from .cache import cached_conversion
+from .checkpoint import STATE_FILE
 from .data import build_data, open_corpora
 from .evaluation import evaluate_perplexity
 from .loop import Trainer, TrainerCallback, apply_op_backend, build_learners, make_accelerator
-from .rundir import open_run_dir
+from .report import read_report
+from .rundir import RunDir, open_run_dir, write_base_record
 
 PIPELINE_FILE = "pipeline.json"  # what was measured before training (reused on resume)
 
@@ -85,8 +90,10 @@ def energy_summary(model: torch.nn.Module, tensors: dict[str, torch.Tensor], bat
 
 
 def run_domain_adaptation(cfg: RunConfig, *, echo: Callable[[str], None] | None = None,
-                          use_cache: bool = True) -> dict[str, Any]:
-    """The whole job (see the module docstring); returns the report also written to ``report.json``."""
+                          use_cache: bool = True, callbacks: tuple[TrainerCallback, ...] | list = ()
+                          ) -> dict[str, Any]:
+    """The whole job (see the module docstring); returns the report also written to ``report.json``.
+    ``callbacks`` are added to the trainer's (e.g. the CLI's time estimate)."""
     from accelerate.utils import set_seed
 
     from ..models import ModelLoadError, load_model, load_tokenizer, model_fingerprint, resolve_source
@@ -102,7 +109,11 @@ def run_domain_adaptation(cfg: RunConfig, *, echo: Callable[[str], None] | None 
     corpora = open_corpora(cfg.data)
     acc = make_accelerator(cfg)
     say = echo if echo is not None and acc.is_main_process else (lambda _msg: None)
-    run = open_run_dir(cfg, acc)
+    run = open_run_dir(cfg, acc, say=say)
+    done = finished_report(run, cfg)
+    if done is not None:
+        say(f"the run in {run.path} already finished at step {done['steps']}: nothing to do, report.json kept")
+        return done
     set_seed(cfg.trainer.seed)
     tokenizer = load_tokenizer(cfg.model.name)
     with acc.main_process_first():
@@ -113,7 +124,7 @@ def run_domain_adaptation(cfg: RunConfig, *, echo: Callable[[str], None] | None 
     fingerprint = model_fingerprint(base)
     eval_tensors = held.as_dict()
     pipeline_path = run.path / PIPELINE_FILE
-    saved = json.loads(pipeline_path.read_text()) if run.checkpoint is not None and pipeline_path.is_file() else {}
+    saved = _read_pipeline(pipeline_path, say) if run.checkpoint is not None else {}
     if "ppl_ann" in saved:
         ppl_ann = saved["ppl_ann"]
     else:
@@ -123,16 +134,45 @@ def run_domain_adaptation(cfg: RunConfig, *, echo: Callable[[str], None] | None 
     say(f"conversion: {'loaded from cache' if cache['hit'] else 'converted'}"
         f"{' (' + cache['cache_dir'] + ')' if cache['cache_dir'] else ''}")
     if acc.is_main_process:
-        pipeline_path.write_text(json.dumps({"ppl_ann": ppl_ann, "fingerprint": fingerprint, "data": data_info,
-                                             "conversion_cache": cache}, indent=2))
+        write_base_record(run.path, cfg, cache, fingerprint)  # what `eval --run` / load_run rebuild the base from
+        atomic_write_json(pipeline_path, {"ppl_ann": ppl_ann, "fingerprint": fingerprint, "data": data_info,
+                                          "conversion_cache": cache})
     set_seed(cfg.trainer.seed)  # the adapter's initialisation does not depend on what ran before
     model = attach_adapter(snn, cfg.adapter)
     facts = {"ppl_ann": ppl_ann, "model": cfg.model.name, "base_fingerprint": fingerprint, "data": data_info,
              "conversion_cache": cache, "adapter_dir": str(run.path / "adapter")}
     trainer = Trainer(model, cfg, learners=learners, train_data=train, eval_data=held, accelerator=acc, run_dir=run,
-                      extra_metrics=lambda m: spike_probe(m, acc), callbacks=[_Pipeline(facts, eval_tensors, started)])
+                      extra_metrics=lambda m: spike_probe(m, acc), callbacks=[_Pipeline(facts, eval_tensors, started), *callbacks])
     trainer.report_title = f"{cfg.model.name} on {data_info['train']}"
     return trainer.fit()
+
+
+def finished_report(run: RunDir, cfg: RunConfig) -> dict[str, Any] | None:
+    """The report of a resumed run whose newest checkpoint is its last step (or an early stop), if that report is
+    intact and covers that step; None when there is training (or a report) left to do."""
+    if run.checkpoint is None:
+        return None
+    try:
+        state = read_json(run.checkpoint / STATE_FILE, "")
+    except FileError:
+        return None
+    step = int(state.get("step", 0))
+    if step < cfg.trainer.steps and not state.get("stopped_early"):
+        return None
+    report = read_report(run.path)
+    return report if report is not None and report.get("steps") == step else None
+
+
+def _read_pipeline(path: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """What was measured before training, or {} (measure again) when the file is missing or damaged."""
+    if not path.is_file():
+        return {}
+    try:
+        saved = read_json(path, "")
+    except FileError as exc:
+        say(f"warning: {exc}; measuring again")
+        return {}
+    return saved if isinstance(saved, dict) else {}
 
 
 class _Pipeline(TrainerCallback):
@@ -151,6 +191,10 @@ class _Pipeline(TrainerCallback):
         result["ppl_spiking_before"] = result["eval_ppl_before"]
         result["ppl_spiking_after"] = result["eval_ppl_after"]
         result["spikes_per_neuron"] = result["eval"].get("spikes_per_neuron")
+        for spec, metrics in zip(trainer.cfg.learners, (result.get("learners") or {}).values()):
+            if isinstance(metrics, dict) and "lr" in metrics:  # the schedule's last value is not the configured lr
+                metrics["lr_last_step"] = metrics.pop("lr")
+                metrics["lr"] = spec.lr
         if acc.is_main_process:
             energy = energy_summary(trainer.unwrapped, self.eval_tensors, trainer.cfg.trainer.batch_size,
                                     trainer.run_dir.path / "accounting")
@@ -160,8 +204,11 @@ class _Pipeline(TrainerCallback):
             ratios = {f"energy/{name}/ann_over_snn": e["ratio"] for name, e in energy.get("energy", {}).items()}
             trainer.tracker.log({**per_token, **ratios, "energy/spikes_per_neuron": energy["spikes_per_neuron"]},
                                 trainer.state.step)
-            trainer.unwrapped.save_pretrained(self.facts["adapter_dir"], save_embedding_layers=False)
+            with writing(self.facts["adapter_dir"]):
+                trainer.unwrapped.save_pretrained(self.facts["adapter_dir"], save_embedding_layers=False)
+                fsync_tree(self.facts["adapter_dir"])
         result["wall_seconds"] = round(time.perf_counter() - self.started, 1)
 
 
-__all__ = ["run_domain_adaptation", "attach_adapter", "spike_probe", "energy_summary", "PIPELINE_FILE"]
+__all__ = ["run_domain_adaptation", "attach_adapter", "spike_probe", "energy_summary", "finished_report",
+           "PIPELINE_FILE"]

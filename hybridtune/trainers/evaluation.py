@@ -1,7 +1,8 @@
-"""Token losses and held-out perplexity, sharded over data-parallel ranks.
+"""Held-out perplexity sharded over data-parallel ranks, and the batch contexts of the loop.
 
-The training loss and the evaluation share one definition: next-token negative log-likelihood summed over the
-predicted tokens (labels != -100 after the shift) and divided once by the global count.
+The training loss and the evaluation share one definition (:func:`hybridtune.perplexity.causal_lm_nll`):
+next-token negative log-likelihood summed over the predicted tokens (labels != -100 after the shift) and divided
+once by the global count.
 
 Example:
     >>> import torch
@@ -19,30 +20,10 @@ from contextlib import AbstractContextManager, ExitStack, nullcontext
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+
+from ..perplexity import model_nll
 
 BatchContext = Callable[[Mapping[str, torch.Tensor]], AbstractContextManager]
-
-
-def causal_lm_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token NLL ``[B, L-1]`` (0 where the target is -100, computed in float32) and the number of targets.
-
-    The labels are shifted, not the logits (as transformers' own loss does): slicing ``[B, L, vocab]`` logits would
-    copy them, which for a 50k vocabulary costs more than the loss itself.
-    """
-    shifted = F.pad(labels, (0, 1), value=-100)[:, 1:].to(logits.device)  # target of position t = token t+1
-    nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shifted.reshape(-1), ignore_index=-100,
-                          reduction="none").view(shifted.shape)
-    targets = shifted[:, :-1]
-    return nll[:, :-1], (targets != -100).sum()
-
-
-def model_nll(model: torch.nn.Module, batch: Mapping[str, torch.Tensor],
-              keys: Sequence[str] = ("input_ids", "attention_mask")) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token NLL and target count of one batch; ``keys`` are the batch entries passed to the model (a spiking
-    peft model also takes ``doc_start``)."""
-    out = model(**{k: batch[k] for k in keys if k in batch})
-    return causal_lm_nll(out.logits, batch["labels"])
 
 
 def count_targets(labels: torch.Tensor) -> int:
@@ -98,4 +79,4 @@ def evaluate_perplexity(model: torch.nn.Module, tensors: Mapping[str, torch.Tens
     return {"ppl": math.exp(mean) if mean < 700 else float("inf"), "nll": mean, "tokens": tokens}
 
 
-__all__ = ["causal_lm_nll", "model_nll", "count_targets", "combine_contexts", "evaluate_perplexity", "BatchContext"]
+__all__ = ["count_targets", "combine_contexts", "evaluate_perplexity", "BatchContext"]

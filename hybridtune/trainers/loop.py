@@ -8,6 +8,13 @@ every learner observes every micro-batch; at the boundary a non-finite loss skip
 (``reset``), otherwise each learner's ``step`` applies its update and may itself refuse a non-finite gradient.
 Skipped steps are counted and logged (``train/skipped_steps``).
 
+When no parameter needs a gradient (purely local learners such as STDP), the model is not wrapped in DDP (which
+refuses such a module); the learners average their updates across ranks themselves, so replicas stay identical.
+
+Reliability: ``fit`` on a run that already finished (resumed after its last step) changes nothing and returns the
+report on disk, or completes a report that a kill prevented; under :func:`.interrupt.checkpoint_on_signals`
+(the CLI) SIGINT / SIGTERM end the loop at the next step boundary with a checkpoint.
+
 The class is meant to be reused (the continual trainer builds on it): override ``micro_batch``, ``forward`` or
 ``evaluate``, or pass :class:`TrainerCallback` objects; ``should_stop`` ends ``fit`` after the current step.
 
@@ -52,10 +59,13 @@ from ..learners import (
     learner,
 )
 from ..neurons import reset_state
+from ..perplexity import model_nll
 from ..tracking import NullTracker, flatten, make_tracker, read_metrics
+from ..tracking.base import keep_rows
+from . import interrupt
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from .evaluation import BatchContext, combine_contexts, count_targets, evaluate_perplexity, model_nll
-from .report import write_report
+from .evaluation import BatchContext, combine_contexts, count_targets, evaluate_perplexity
+from .report import read_report, write_report
 from .rundir import RunDir, open_run_dir
 from .sampler import BlockSampler, DataTooSmallError, as_tensors, select
 
@@ -89,13 +99,14 @@ class TrainState:
     train_seconds: float = 0.0
     world_size: int = 1
     wandb_id: str | None = None
+    metrics_rows: int | None = None  # lines of metrics.jsonl when saved: resume drops any logged after the save
 
 
 def make_accelerator(cfg: RunConfig):
     """An ``Accelerator`` for the run (mixed precision from ``trainer.mixed_precision``).
 
     DDP's per-forward buffer broadcast is switched off: the base model is frozen and identical on every rank, and
-    learner state lives in the learners, not in module buffers (DESIGN.md sec. 6).
+    learner state lives in the learners, not in module buffers (docs/architecture.md, learner state).
     """
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
@@ -103,13 +114,25 @@ def make_accelerator(cfg: RunConfig):
                        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
 
 
+def process_state():
+    """Accelerate's process state as :func:`make_accelerator` creates it (``ACCELERATE_USE_CPU`` honoured), for code
+    that asks "which rank am I" before the trainer starts: a bare ``PartialState()`` under ``ACCELERATE_USE_CPU=1
+    torchrun`` would pin a single-process state and every rank would train alone."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def apply_op_backend(cfg: RunConfig) -> None:
-    """Select the ``spike_lora`` backend the config asks for (``ops.backend``; None leaves the environment's)."""
-    if cfg.ops.backend is None:
-        return
+    """Select the ``spike_lora`` backend the config asks for (``ops.backend``; None: the environment's, else auto)
+    and resolve it now, at trainer start."""
     from .. import ops
 
     try:
+        if cfg.ops.backend is None:
+            ops.activate()
+            return
         ops.set_backend(cfg.ops.backend)
     except Exception as exc:  # cuda asked for where it cannot load: a config problem, never a silent fallback
         raise ConfigError(f"got {cfg.ops.backend!r}, which cannot be used here: {exc}", "ops.backend") from None
@@ -207,7 +230,12 @@ class Trainer:
             if hasattr(model, "enable_input_require_grads"):
                 model.enable_input_require_grads()
         self.backprop = any(lr.uses_backward for lr in self.learners)
-        self.model = acc.prepare(model)
+        if acc.num_processes > 1 and not any(p.requires_grad for p in model.parameters()):
+            # purely local learners: nothing for DDP to all-reduce (it refuses such a module); the learners
+            # average their updates across ranks themselves
+            self.model = acc.prepare_model(model, evaluation_mode=True)
+        else:
+            self.model = acc.prepare(model)
         self.train_tensors = as_tensors(train_data)
         self.eval_tensors = as_tensors(eval_data) if eval_data is not None else None
         self.model_keys = tuple(model_keys) if model_keys is not None else default_model_keys(model)
@@ -311,6 +339,9 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------------------------
     def save(self) -> Path:
         t = self.cfg.trainer
+        jsonl = self._jsonl()
+        if jsonl is not None:
+            self.state.metrics_rows = jsonl.rows
         path = save_checkpoint(self.run_dir.path, self.state.step, adapter=self.owned,
                                learners=[lr.state_dict() for lr in self.learners], state=asdict(self.state),
                                keep_last=t.keep_last, accelerator=self.accelerator)
@@ -340,10 +371,32 @@ class Trainer:
             self.state.world_size = self.accelerator.num_processes
         if ck.rng is not None:
             set_rng_state(ck.rng)
+        self.should_stop = self.state.stopped_early  # an early-stopped run stays stopped
 
     # -- the whole run --------------------------------------------------------------------------------------------
     def _log(self, metrics: Mapping[str, Any], step: int) -> None:
         self.tracker.log(metrics, step)
+
+    def _jsonl(self) -> Any:
+        backend = getattr(self.tracker, "backend", None)
+        found = backend("jsonl") if backend is not None else None
+        return found if found is not None else (self.tracker if hasattr(self.tracker, "rows") else None)
+
+    @property
+    def finished(self) -> bool:
+        """The loop has nothing left to do: the last step is done, or early stopping ended the run."""
+        return self.state.step >= self.cfg.trainer.steps or self.state.stopped_early
+
+    def _interrupt_signal(self) -> int | None:
+        """The signal every rank agrees to stop on (the largest any rank received), or None."""
+        if not interrupt.armed():
+            return None
+        signum = interrupt.pending() or 0
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor([signum], device=self.accelerator.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            signum = int(flag[0])
+        return signum or None
 
     def _evaluate_and_track(self) -> dict[str, float]:
         metrics = self.evaluate()
@@ -365,6 +418,8 @@ class Trainer:
         if not acc.is_main_process:
             return
         resume_step = self.state.step if self.run_dir.checkpoint is not None else None
+        if resume_step is not None and self.state.metrics_rows is not None:
+            keep_rows(self.run_dir.path / "metrics.jsonl", self.state.metrics_rows)
         self.tracker = make_tracker(self.run_dir.path, backend=tr.backend, mode=tr.mode, project=tr.project,
                                     run_name=tr.run_name, tags=tr.tags, config=self.cfg.to_dict(),
                                     resume_step=resume_step, run_id=self.state.wandb_id)
@@ -374,45 +429,27 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Run to ``trainer.steps`` (or early stop); returns the summary also written to ``report.json``."""
-        from tqdm.auto import tqdm
-
-        acc, t = self.accelerator, self.cfg.trainer
+        acc = self.accelerator
         if self.run_dir is None:
             self.run_dir = open_run_dir(self.cfg, acc)
         if self.run_dir.checkpoint is not None:
             self.load(self.run_dir.checkpoint)
             acc.print(f"resumed from {self.run_dir.checkpoint} (step {self.state.step})")
+            if self.finished:
+                done = read_report(self.run_dir.path)
+                if done is not None and done.get("steps") == self.state.step:
+                    acc.print(f"the run in {self.run_dir.path} already finished at step {self.state.step}: nothing to "
+                              f"do, {self.run_dir.path / 'report.json'} kept")
+                    return done
+                acc.print("the run finished but its report is missing: writing it")
         self._open_tracking()
         for cb in self.callbacks:
             cb.on_train_begin(self)
         first_eval = None
         if self.eval_tensors is not None and self.state.step == 0:
             first_eval = self._evaluate_and_track()
-        last_eval, logs = first_eval, {}
-        bar = tqdm(total=t.steps, initial=self.state.step, desc="train", dynamic_ncols=True,
-                   disable=not acc.is_main_process or os.environ.get("TQDM_DISABLE", "0").lower() not in ("", "0", "false"))
-        self.model.train()
-        while self.state.step < t.steps and not self.should_stop:
-            start, cpu = time.perf_counter(), time.process_time()
-            logs = self.train_step()
-            elapsed = time.perf_counter() - start
-            self.state.step += 1
-            self.state.train_seconds += elapsed
-            # wall time, and this process's CPU time (robust to other load on a shared machine)
-            logs["train/step_s"], logs["train/step_cpu_s"] = elapsed, time.process_time() - cpu
-            self._log(logs, self.state.step)
-            bar.update(1)
-            bar.set_postfix(loss=f"{logs['train/loss']:.3f}", refresh=False)
-            for cb in self.callbacks:
-                cb.on_step_end(self, self.state.step, logs)
-            done = self.state.step >= t.steps or self.should_stop
-            if self.eval_tensors is not None and (self.state.step % t.eval_every == 0 or done):
-                last_eval = self._evaluate_and_track()
-                self.model.train()
-                done = done or self.should_stop
-            if self.state.step % t.save_every == 0 or done:
-                self.save()
-        bar.close()
+        with interrupt.deferred():
+            last_eval, logs = self._train_loop(first_eval)
         result = self._summary(first_eval, last_eval, logs)
         for cb in self.callbacks:  # may add entries to the summary before it is written
             cb.on_train_end(self, result)
@@ -426,10 +463,57 @@ class Trainer:
         acc.wait_for_everyone()
         return result
 
+    def _train_loop(self, last_eval: dict | None) -> tuple[dict | None, dict]:
+        from tqdm.auto import tqdm
+
+        acc, t = self.accelerator, self.cfg.trainer
+        logs: dict[str, float] = {}
+        quiet = os.environ.get("TQDM_DISABLE", "0").lower() not in ("", "0", "false")
+        bar = tqdm(total=t.steps, initial=self.state.step, desc="train", dynamic_ncols=True,
+                   disable=not acc.is_main_process or quiet)
+        self.model.train()
+        while self.state.step < t.steps and not self.should_stop:
+            start, cpu = time.perf_counter(), time.process_time()
+            logs = self.train_step()
+            elapsed = time.perf_counter() - start
+            self.state.step += 1
+            self.state.train_seconds += elapsed
+            # wall time, and this process's CPU time (robust to other load on a shared machine)
+            logs["train/step_s"], logs["train/step_cpu_s"] = elapsed, time.process_time() - cpu
+            self._log(logs, self.state.step)
+            bar.set_postfix(loss=f"{logs['train/loss']:.3f}", refresh=False)
+            if self.state.step >= t.steps:  # the last step: close() draws the final line, once
+                bar.n = self.state.step
+                bar.close()
+            else:
+                bar.update(1)
+            for cb in self.callbacks:
+                cb.on_step_end(self, self.state.step, logs)
+            done = self.state.step >= t.steps or self.should_stop
+            if self.eval_tensors is not None and (self.state.step % t.eval_every == 0 or done):
+                last_eval = self._evaluate_and_track()
+                self.model.train()
+                done = done or self.should_stop
+            signum = self._interrupt_signal()
+            if self.state.step % t.save_every == 0 or done or signum:
+                path = self.save()
+            if signum:
+                bar.close()
+                self.tracker.finish()
+                acc.print(f"interrupted at step {self.state.step}: checkpoint {path} written; continue with --resume")
+                raise interrupt.TrainingInterrupted(signum, str(path))
+        bar.close()
+        return last_eval, logs
+
     def _summary(self, first_eval: dict | None, last_eval: dict | None, logs: dict) -> dict[str, Any]:
         rows = read_metrics(self.run_dir.path / "metrics.jsonl") if self.accelerator.is_main_process else []
         evals = [r["eval/ppl"] for r in rows if "eval/ppl" in r]
         s = self.state
+        if last_eval is None:  # a finished run whose report a kill prevented: the log has the last values
+            last_eval = next(({k: v for k, v in r.items() if k.startswith("eval/")} for r in reversed(rows)
+                              if r.get("step") == s.step and "eval/ppl" in r), None)
+        if "train/loss" not in logs:
+            logs = next((r for r in reversed(rows) if r.get("step") == s.step and "train/loss" in r), logs)
         return {
             "steps": s.step, "tokens_trained": s.tokens, "skipped_steps": s.skipped, "stopped_early": s.stopped_early,
             "train_loss": logs.get("train/loss"), "train_seconds": round(s.train_seconds, 3),

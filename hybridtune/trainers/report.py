@@ -1,5 +1,8 @@
 """The final report of a run: ``report.json`` (strict JSON: non-finite numbers become null) and ``curves.png``.
 
+``report.json`` is written atomically and ``fsync``-ed, and never replaced by a worse one: a report covering fewer
+steps, or one that lost a value the existing report has (:func:`is_worse`), is refused with a warning.
+
 Example:
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -12,11 +15,13 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from ..files import FileError, atomic_write, atomic_write_json, read_json
 
 REPORT_FILE = "report.json"
 CURVES_FILE = "curves.png"
@@ -58,24 +63,57 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str 
         fig.suptitle(title)
     fig.tight_layout()
     out = Path(path)
-    fig.savefig(out, dpi=110)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return out
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and not math.isfinite(value))
+
+
+def is_worse(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    """True when ``new`` covers fewer steps than ``old`` or lacks a top-level number / section ``old`` has."""
+    if isinstance(old.get("steps"), int) and isinstance(new.get("steps"), int) and new["steps"] < old["steps"]:
+        return True
+    if new.get("steps") != old.get("steps"):
+        return False  # a longer run: a new report whatever it holds
+    return any(not _missing(v) and _missing(new.get(k)) for k, v in old.items())
+
+
 def write_report(run_dir: str | Path, summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
                  title: str = "") -> list[Path]:
-    """Write ``report.json`` (atomically) and ``curves.png`` into ``run_dir``; returns both paths."""
+    """Write ``report.json`` (atomically, fsynced) and ``curves.png`` into ``run_dir``; returns both paths.
+
+    An existing report that :func:`is_worse` judges better is kept (with a warning).
+    """
     run_dir = Path(run_dir)
     out = run_dir / REPORT_FILE
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(_strict(dict(summary)), indent=2, allow_nan=False, default=str))
-    tmp.replace(out)
+    new = _strict(dict(summary))
+    old = read_report(run_dir)
+    if old is not None and is_worse(new, old):
+        warnings.warn(f"{out} kept: the new report covers fewer steps or lacks values the existing one has",
+                      stacklevel=2)
+    else:
+        atomic_write_json(out, new, default=str)
     return [out, plot_curves(rows, run_dir / CURVES_FILE, title)]
 
 
 def load_report(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / REPORT_FILE).read_text())
+    return read_json(Path(run_dir) / REPORT_FILE, "run the training again with --resume to rewrite it")
 
 
-__all__ = ["REPORT_FILE", "CURVES_FILE", "write_report", "load_report", "plot_curves", "series"]
+def read_report(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's report, or None when there is none or it is damaged (empty, torn, not an object)."""
+    path = Path(run_dir) / REPORT_FILE
+    if not path.is_file():
+        return None
+    try:
+        report = load_report(run_dir)
+    except FileError:
+        return None
+    return report if isinstance(report, dict) else None
+
+
+__all__ = ["REPORT_FILE", "CURVES_FILE", "write_report", "load_report", "read_report", "is_worse",
+           "plot_curves", "series"]

@@ -21,7 +21,7 @@ from hybridtune.accounting import (
     load_report,
     write_report,
 )
-from hybridtune.convert import ConversionConfig, convert
+from hybridtune.conversion import ConversionConfig, convert
 from hybridtune.neurons import GradedNeuron, SpikeStats, SpikingLinear, StaticThreshold, spike_count
 from hybridtune.testing import tiny_batch, tiny_model
 
@@ -161,3 +161,16 @@ def test_norms_with_encoded_outputs_are_still_counted():
     ann = energy_report(tiny_model("llama"), ids)["float_ops"]["norm"]["macs"]
     snn = energy_report(convert(tiny_model("llama"), ConversionConfig()), ids)["float_ops"]["norm"]["macs"]
     assert snn == ann == 3 * 32 * 64 * (2 * 2 + 1)  # 2 norms per layer + the final norm, 3 MACs per element
+
+
+def test_int_convention_same_width_and_wide_accumulators():
+    from hybridtune.accounting import int_convention
+
+    eight = int_convention(8, accumulator_bits=8)
+    assert eight.ac_pj == pytest.approx(0.03) and eight.mac_pj == pytest.approx(0.23)  # the INT8 convention
+    nine = int_convention(9)
+    assert nine.name == "int9_acc32" and nine.ac_pj == pytest.approx(0.1)
+    assert nine.mac_pj == pytest.approx(0.2 * 9 * 8 / 64 + 0.1)
+    assert int_convention(5).mac_pj < nine.mac_pj
+    with pytest.raises(ValueError, match="bit widths"):
+        int_convention(0)

@@ -7,7 +7,7 @@ import torch
 
 from hybridtune.accounting import count_ops, energy_report
 from hybridtune.adapters import get_spiking_peft_model, spiking_lora_config
-from hybridtune.convert import ConversionConfig, convert
+from hybridtune.conversion import ConversionConfig, convert
 from hybridtune.testing import tiny_batch, tiny_model
 
 RANK = 4

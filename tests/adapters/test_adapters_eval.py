@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import hybridtune.convert as hc
+import hybridtune.conversion as hc
 from hybridtune.adapters import (
     SpikingAdapterLoadError,
     get_spiking_peft_model,

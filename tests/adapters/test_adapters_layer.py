@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import hybridtune.convert as hc
+import hybridtune.conversion as hc
 from hybridtune.adapters import MERGE_ERROR, SpikingLoraLinear, get_spiking_peft_model, spiking_lora_config
 from hybridtune.neurons import SpikingLinear
 from hybridtune.ops import bottleneck_forward
@@ -132,3 +132,15 @@ def test_bf16_base_runs_in_base_dtype(family_targets):
     out = model(**batch, labels=batch["input_ids"])
     out.loss.backward()
     assert out.logits.dtype == torch.bfloat16
+
+
+def test_an_online_input_transform_of_the_base_also_runs_under_the_adapter():
+    """A conversion's online Hadamard (folded into the weight) is a pre-hook of the base layer's forward; the
+    adapter's fused op bypasses that forward, so it must apply the transform itself or the model is silently wrong."""
+    snn = hc.convert(tiny_model("llama"), hc.ConversionConfig(phases=8, outliers=("hadamard_down",)))
+    batch = tiny_batch()
+    with torch.no_grad():
+        expected = snn(**batch).logits
+        adapted = get_spiking_peft_model(snn, spiking_lora_config(r=2, target_modules=["down_proj"]))  # B = 0
+        got = adapted(**batch).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

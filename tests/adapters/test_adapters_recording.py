@@ -7,7 +7,7 @@ import gc
 import pytest
 import torch
 
-import hybridtune.convert as hc
+import hybridtune.conversion as hc
 from hybridtune.adapters import SpikeRecorder, get_spiking_peft_model, spiking_lora_config
 from hybridtune.testing import tiny_batch, tiny_model
 

@@ -60,7 +60,7 @@ def test_eval_with_spiking_base_and_adapter(tiny_dir, text_file, tmp_path):
     import torch
 
     from hybridtune.adapters import get_spiking_peft_model, spiking_lora_config
-    from hybridtune.convert import load_spiking
+    from hybridtune.conversion import load_spiking
     from hybridtune.models import load_model
 
     snn_dir = tmp_path / "snn"

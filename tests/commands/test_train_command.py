@@ -96,7 +96,7 @@ def test_train_resume_and_refusal_to_clobber(tmp_path, th, capsys):
 def test_errors_only_the_model_can_reveal_still_exit_2(tmp_path, th, capsys):
     config = th.tiny_run_yaml(tmp_path)
     assert main(["train", str(config), "adapter.target_modules=[nope_proj]"]) == 2
-    assert "adapter.target_modules:" in capsys.readouterr().err
+    assert "adapter.target_modules[0]:" in capsys.readouterr().err  # now caught before the model loads
     assert main(["train", str(config), "--out", str(tmp_path / "b"), "learners.0.params=nope"]) == 2
     err = capsys.readouterr().err
     assert "learners:" in err and "matches no trainable parameter" in err

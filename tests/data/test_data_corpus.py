@@ -85,8 +85,8 @@ def test_loader_runs_once():
 
 
 def test_split_errors():
-    c = Corpus.from_texts("single", ["just one"])
-    empty = "eval" if split_score("just one") >= 0.1 else "train"
+    c = Corpus.from_texts("single", ["justone"])  # one document with no break to cut at
+    empty = "eval" if split_score("justone") >= 0.1 else "train"
     with pytest.raises(CorpusError, match=f"split '{empty}' of corpus 'single' is empty"):
         c.documents(empty)
     with pytest.raises(CorpusError, match="train, eval, all"):

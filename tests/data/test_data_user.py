@@ -186,7 +186,7 @@ def test_unreadable_inputs(tmp_path, cache, monkeypatch):
 
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"text": "fine"}\n{"text": oops\n', encoding="utf-8")
-    with pytest.raises(CorpusError, match="cannot read json corpus") as info:
+    with pytest.raises(CorpusError, match="broken.jsonl': line 2 is not a JSON object") as info:
         corpus(broken, cache_dir=cache)
     assert_names_path(info, broken)
 
@@ -235,11 +235,40 @@ def test_bad_directories_and_options(tmp_path):
         user_corpus(path, eval_fraction=2)
 
 
-def test_single_document_file_has_no_eval_split(tmp_path):
+def test_single_document_file_holds_out_its_end(tmp_path):
     path = tmp_path / "one.txt"
     path.write_text("only one paragraph", encoding="utf-8")
     c = corpus(path)
-    split = "eval" if not c.describe()["splits"]["eval"]["documents"] else "train"
-    with pytest.raises(CorpusError, match=f"split '{split}' of corpus .* is empty .*use split='all'"):
-        c.documents(split)
     assert c.documents("all") == ["only one paragraph"]
+    assert (c.documents("train"), c.documents("eval")) == (["only one"], ["paragraph"])
+    assert "the last 10% of the text is held out" in c.describe()["split_rule"]
+
+
+def test_a_document_too_short_to_cut_names_a_remedy_the_user_can_type(tmp_path):
+    path = tmp_path / "word.txt"
+    path.write_text("word", encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"split 'eval' of corpus .* is empty .*data\.eval=PATH") as info:
+        corpus(path).documents("eval")
+    assert "split='all'" not in str(info.value)
+
+
+def test_a_small_directory_is_cut_into_paragraphs_and_its_tail_held_out(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("first thought\n\nsecond thought\n\nthird thought", encoding="utf-8")
+    c = corpus(tmp_path / "notes")
+    assert c.describe()["sample_by"] == "paragraph" and c.documents("all")[0] == "first thought"
+    assert c.documents("eval") == ["thought"] and c.documents("train")[-1] == "third"
+
+
+def test_undecodable_text_names_the_config_key_that_fixes_it(tmp_path):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\u00e9 au lait".encode("latin-1"))
+    with pytest.raises(CorpusError, match="data.encoding=latin-1"):
+        corpus(bad)
+
+
+def test_a_bad_jsonl_line_is_numbered(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"text": "a"}\n\n{"text": "b"}\n[1, 2]\n', encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"rows\.jsonl': line 4 is not a JSON object \(a list"):
+        corpus(path, cache_dir=str(tmp_path / "hf"))

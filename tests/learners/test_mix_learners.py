@@ -11,8 +11,8 @@ import torch
 from hybridtune.adapters import get_spiking_peft_model, spiking_lora_config
 from hybridtune.config import RunConfig, load_config
 from hybridtune.learners import SurrogateLearner
-from hybridtune.learners.rstdp import RSTDPLearner
-from hybridtune.learners.stdp import STDPLearner
+from hybridtune.learners.plasticity.rstdp_learner import RSTDPLearner
+from hybridtune.learners.plasticity.stdp_learner import STDPLearner
 from hybridtune.testing import tiny_model
 from hybridtune.tracking import read_metrics
 from hybridtune.trainers import Trainer, TrainerCallback
@@ -63,7 +63,7 @@ def config(tmp_path, name="run", steps=4, **trainer):
 def mixed_learners():
     """STDP on q_proj's lora_A, escape-noise R-STDP on v_proj's factors, surrogate on everything else."""
     return [STDPLearner(params=r"q_proj\.lora_A", lr=0.05, tau_pre=4, tau_post=4, max_update_norm=0.05),
-            RSTDPLearner(params=r"v_proj\.lora_[AB]", lr=0.05, escape=True, baseline="ema", gamma=0.9,
+            RSTDPLearner(estimator="stdp", params=r"v_proj\.lora_[AB]", lr=0.05, escape=True, baseline="ema", gamma=0.9,
                          max_update_norm=0.05),
             SurrogateLearner(params="rest", lr=1e-2)]
 
@@ -90,7 +90,8 @@ def test_stdp_on_lora_a_with_surrogate_on_the_rest(tmp_path):
 
 def test_rstdp_on_all_adapters_with_a_surrogate_trained_threshold(tmp_path):
     m = model()
-    learners = [RSTDPLearner(params="lora_A|lora_B", lr=0.05, escape=True), SurrogateLearner(params="rest", lr=1e-2)]
+    learners = [RSTDPLearner(estimator="stdp",
+                             params="lora_A|lora_B", lr=0.05, escape=True), SurrogateLearner(params="rest", lr=1e-2)]
     thresholds = {n: p.detach().clone() for n, p in m.named_parameters() if "log_threshold" in n}
     trainer = Trainer(m, config(tmp_path, steps=2), learners=learners, train_data=blocks())
     trainer.fit()
@@ -139,7 +140,7 @@ def test_example_configs_validate_and_name_their_learners(path):
 
     cfg = load_config(path)
     names = [spec.name for spec in cfg.learners]
-    assert any(n in ("stdp", "rstdp") for n in names)
+    assert any(n in ("stdp", "rstdp", "eprop") for n in names)
     learners = build_learners(cfg)  # options are accepted by the factories
     assert [lr.name for lr in learners] == names
 

@@ -21,12 +21,12 @@ import sys, json
 from pathlib import Path
 import torch
 from safetensors.torch import save_file
-import hybridtune.learners.plastic as plastic
+import hybridtune.learners.plasticity.learner as plastic
 from hybridtune.adapters import get_spiking_peft_model, spiking_lora_config
 from hybridtune.config import RunConfig
 from hybridtune.learners import SurrogateLearner
-from hybridtune.learners.rstdp import RSTDPLearner
-from hybridtune.learners.stdp import STDPLearner
+from hybridtune.learners.plasticity.rstdp_learner import RSTDPLearner
+from hybridtune.learners.plasticity.stdp_learner import STDPLearner
 from hybridtune.testing import tiny_model
 from hybridtune.trainers import Trainer, make_accelerator
 
@@ -43,7 +43,8 @@ for sync in (True, False):
     model = get_spiking_peft_model(tiny_model("llama"), spiking_lora_config(
         r=4, neuron="lif", threshold=0.02, init_b_std=0.05, target_modules=["q_proj", "v_proj"]))
     learners = [STDPLearner(params=r"q_proj\\.lora_", lr=0.05, tau_pre=4, tau_post=4),
-                RSTDPLearner(params=r"v_proj\\.lora_[AB]", lr=0.05, escape=True, baseline="token_ema"),
+                RSTDPLearner(estimator="stdp",
+                             params=r"v_proj\\.lora_[AB]", lr=0.05, escape=True, baseline="token_ema"),
                 SurrogateLearner(params="rest", lr=1e-2)]
     ids = (torch.arange(20)[None] + torch.arange(16)[:, None] * 3) % 60 + 3
     trainer = Trainer(model, cfg, learners=learners, train_data={{"input_ids": ids}}, accelerator=acc)

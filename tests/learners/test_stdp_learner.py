@@ -16,8 +16,8 @@ from hybridtune.learners.plasticity import (
     stdp_update,
     trace_scan,
 )
+from hybridtune.learners.plasticity.stdp_learner import STDPLearner
 from hybridtune.learners.rewards import token_nll
-from hybridtune.learners.stdp import STDPLearner
 from hybridtune.testing import tiny_batch, tiny_model
 
 KEYS = ("input_ids", "attention_mask", "doc_start")
@@ -85,7 +85,7 @@ def param(model, rec, factor):
 @pytest.mark.parametrize("neuron", ["lif", "mt", "heaviside"])
 def test_local_rule_equals_the_pure_functions_on_recorded_spikes(neuron):
     model = spiking(neuron)
-    learner = STDPLearner(params="lora_", lr=0.01, tau_pre=3.0, tau_post=5.0, a_minus=0.7)
+    learner = STDPLearner(params="lora_", lr=0.01, tau_pre=3.0, tau_post=5.0, a_minus=0.7, post="adapter")
     setup(learner, model)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
     records = observe(learner, model, masked_batch())
@@ -109,7 +109,7 @@ def test_local_rule_equals_the_pure_functions_on_recorded_spikes(neuron):
 
 def test_projected_rule_equals_the_factor_projection_of_the_full_rank_update():
     model = spiking("lif", targets=("q_proj",))
-    learner = STDPLearner(params="lora_", lr=0.02, rule="projected", tau_pre=4.0, tau_post=2.0, oja=0.1)
+    learner = STDPLearner(params="lora_", lr=0.02, rule="projected", tau_pre=4.0, tau_post=2.0, oja=0.1, post="adapter")
     setup(learner, model)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
     records = observe(learner, model, masked_batch())
@@ -191,7 +191,7 @@ def test_homeostasis_moves_thresholds_towards_the_target_rate():
 
 
 def test_counts_path_on_a_converted_base():
-    import hybridtune.convert as hc
+    import hybridtune.conversion as hc
 
     model = spiking("mt", targets=("down_proj",), base=hc.convert(tiny_model("llama"), hc.ConversionConfig()))
     learner = STDPLearner(params="lora_A", lr=0.01)
@@ -231,3 +231,28 @@ def test_no_observation_means_no_update_and_reset_discards():
     assert all(torch.equal(owned[n], before[n]) for n in owned)
     with pytest.raises(ValueError, match="recording"):
         learner.observe(Observation(batch=masked_batch(), token_nll=torch.zeros(3, 11), recording=None))
+
+
+def _outside_column_space(b: torch.Tensor, b0: torch.Tensor) -> float:
+    """Norm of the part of ``b`` outside the column space of ``b0``, relative to the change ``b - b0``."""
+    q, _ = torch.linalg.qr(b0.double())
+    change = (b - b0).double()
+    return float((change - q @ (q.T @ change)).norm() / change.norm().clamp_min(1e-30))
+
+
+@pytest.mark.parametrize("post, leaves", [("layer", True), ("adapter", False)])
+def test_lora_b_leaves_its_initial_column_space_only_with_the_layer_output_as_post(post, leaves):
+    """With the default ``post: layer`` the B update correlates the bottleneck with the whole layer output, so B
+    gains new output directions; with ``post: adapter`` the update is B·M and stays in span(B0) (the trap)."""
+    model = spiking("lif", targets=("v_proj",))
+    kw = {} if post == "layer" else {"post": post}
+    learner = STDPLearner(params=r"lora_B", lr=0.05, tau_pre=4.0, tau_post=4.0, **kw)
+    assert learner.post == "layer" or not leaves  # the default is the layer output
+    owned = setup(learner, model)
+    b0 = {n: p.detach().clone() for n, p in owned.items()}
+    for _ in range(2):
+        observe(learner, model, masked_batch())
+        assert learner.step()
+    for name, p in owned.items():
+        outside = _outside_column_space(p.detach(), b0[name])
+        assert (outside > 0.1) if leaves else (outside < 1e-4), (name, outside)

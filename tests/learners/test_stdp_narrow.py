@@ -17,7 +17,7 @@ from hybridtune.learners.escape import (
 )
 from hybridtune.learners.narrow import narrow_stdp_terms, reverse_trace
 from hybridtune.learners.plasticity import stdp_terms, trace_scan, trace_sequential
-from hybridtune.learners.rstdp import leaky_scan
+from hybridtune.learners.plasticity.rstdp_learner import leaky_scan
 
 
 def _flags(gen, bsz, length):
@@ -117,7 +117,7 @@ def test_noise_input_lands_exactly_on_the_bottleneck():
         noise_projections({"z": torch.zeros(2, 5)})
 
 
-@pytest.mark.parametrize("name", ["narrow", "escape", "rewards", "baselines", "plastic_targets"])
+@pytest.mark.parametrize("name", ["narrow", "escape", "rewards", "baselines", "plasticity.targets"])
 def test_docstring_examples(name):
     module = importlib.import_module(f"hybridtune.learners.{name}")
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)

@@ -76,7 +76,7 @@ def test_stats_golden_unary_and_base2():
         n.stats = SpikeStats()
         n(V)
         n(torch.tensor([[0.1, 0.2, 0.3, -0.4]]))  # all silent
-        assert n.stats == SpikeStats(spikes=spikes, neuron_steps=8, silent=5, sops=spikes * 10)
+        assert n.stats == SpikeStats(spikes=spikes, neuron_steps=8, silent=5, sops=spikes * 10, unary_spikes=12.0)
         assert n.stats.silent_share == 5 / 8
         assert n.stats.spikes_per_neuron == spikes / 8
 
@@ -105,7 +105,7 @@ def test_no_double_count_under_gradient_checkpointing(use_reentrant, monkeypatch
     x = V[None].clone().requires_grad_(True)
     block.neuron.stats = SpikeStats()
     checkpoint(block, x, use_reentrant=use_reentrant).sum().backward()
-    assert block.neuron.stats == SpikeStats(spikes=6.0, neuron_steps=4, silent=1, sops=6.0)
+    assert block.neuron.stats == SpikeStats(spikes=6.0, neuron_steps=4, silent=1, sops=6.0, unary_spikes=12.0)
     assert x.grad is not None
     # The guard is what prevents it: without it the recomputation inside backward counts again.
     monkeypatch.setattr(stats, "recomputing", lambda: False)
@@ -117,13 +117,14 @@ def test_no_double_count_under_gradient_checkpointing(use_reentrant, monkeypatch
 def test_spike_stats_arithmetic_and_tensor_record():
     a = SpikeStats()
     a.record(torch.tensor(5.0), torch.tensor(2), 4, fan_out=3)
-    assert a == SpikeStats(spikes=5.0, neuron_steps=4, silent=2, sops=15.0)
-    b = a + SpikeStats(spikes=1.0, neuron_steps=4, silent=4, sops=2.0)
-    assert b == SpikeStats(spikes=6.0, neuron_steps=8, silent=6, sops=17.0) and a.spikes == 5.0
+    assert a == SpikeStats(spikes=5.0, neuron_steps=4, silent=2, sops=15.0, unary_spikes=5.0)  # unary: = spikes
+    b = a + SpikeStats(spikes=1.0, neuron_steps=4, silent=4, sops=2.0, unary_spikes=3.0)
+    assert b == SpikeStats(spikes=6.0, neuron_steps=8, silent=6, sops=17.0, unary_spikes=8.0) and a.spikes == 5.0
     a += b
     assert a.neuron_steps == 12
     assert SpikeStats().spikes_per_neuron == 0.0 and SpikeStats().silent_share == 0.0
-    assert set(a.as_dict()) == {"spikes", "neuron_steps", "silent", "sops", "spikes_per_neuron", "silent_share"}
+    assert set(a.as_dict()) == {"spikes", "neuron_steps", "silent", "sops", "unary_spikes", "spikes_per_neuron",
+                                "spikes_per_neuron_unary", "silent_share"}
 
 
 def test_static_threshold_buffer_state_dict_and_to():

@@ -124,14 +124,14 @@ def test_lif_stats_golden():
     n.fan_out = 2
     n.stats = SpikeStats()
     n(torch.full((4, 3), 0.5))  # spikes at t = 1, 3 for all 3 neurons
-    assert n.stats == SpikeStats(spikes=6.0, neuron_steps=12, silent=6, sops=12.0)
+    assert n.stats == SpikeStats(spikes=6.0, neuron_steps=12, silent=6, sops=12.0, unary_spikes=6.0)
 
 
 def test_rate_coded_if_module():
     n = RateCodedIF(StaticThreshold(torch.tensor(1.0)), num_steps=4)
     n.stats = SpikeStats()
     assert n(torch.tensor([0.3, -0.8, 0.1, 5.0])).tolist() == [0.25, -0.75, 0.0, 1.0]
-    assert n.stats == SpikeStats(spikes=8.0, neuron_steps=4, silent=1, sops=8.0)
+    assert n.stats == SpikeStats(spikes=8.0, neuron_steps=4, silent=1, sops=8.0, unary_spikes=8.0)
     v = torch.randn(3, requires_grad=True)
     n(v).sum().backward()
     assert torch.equal(v.grad, torch.ones(3))

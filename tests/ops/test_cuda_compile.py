@@ -1,7 +1,7 @@
 """Compile check of the CUDA sources with plain ``nvcc -c`` (no GPU, CPU-only torch is fine; skipped without nvcc).
 
 Every ``.cu`` is compiled for sm_90a with ``-Xptxas -v`` and the host ``.cpp`` against the installed torch headers
-(DESIGN.md section 7). The ptxas report must list every kernel family for every dtype, with no register spills and
+(docs/architecture.md, CUDA build flags). The ptxas report must list every kernel family for every dtype, with no register spills and
 no stack frame, and the hot kernels must leave room for at least three 128-thread blocks per SM.
 """
 

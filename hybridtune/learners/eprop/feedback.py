@@ -1,0 +1,252 @@
+"""Feedback paths: how the error at the top of the residual stream reaches each adapted layer as its learning signal.
+
+A path is a small strategy object (:class:`FeedbackPath`); ``eprop`` takes one by name from :data:`FEEDBACK_PATHS`
+(``register_feedback_path`` adds more). Given the top error ``g [B, L, D]`` (``D`` the hidden size) a path returns
+``L [B, L, out]``, the stand-in for ``∂loss/∂(layer output)``:
+
+* ``residual`` — the identity. Exact for a layer that writes straight into the residual stream of the last block
+  (``o_proj``, ``down_proj``, GPT-2's ``c_proj``, an expert's down projection); for earlier blocks it ignores what
+  the later blocks do to the gradient. Refuses layers whose output is not ``D`` wide.
+* ``one_hop`` — through the transpose of the next frozen weight on the way to the residual stream, inside the same
+  block: ``v_proj`` via ``o_projᵀ`` (summed over the query heads that share a KV head; the attention mixing over
+  tokens is taken as the identity), ``up_proj`` / ``gate_proj`` via ``down_projᵀ`` times the gate's value / the
+  activation's derivative, GPT-2's ``c_fc`` via ``c_projᵀ`` times the activation's derivative. Residual writers take
+  the identity. Other layers (``q_proj``, ``k_proj``: their path runs through the softmax) are refused.
+* ``random`` — fixed random feedback matrices ``R [out, D]`` (direct feedback alignment, Nøkland 2016), entries
+  ``N(0, 1/D)``, seeded per layer from the learner's seed; they travel in the learner's state (checkpoints) so a
+  resumed run keeps them.
+
+Example:
+    >>> import torch
+    >>> sorted(FEEDBACK_PATHS)
+    ['one_hop', 'random', 'residual']
+    >>> feedback_path("residual").name
+    'residual'
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from hybridtune.learners.plasticity.targets import FactorTarget
+
+__all__ = ["FeedbackPath", "FEEDBACK_PATHS", "register_feedback_path", "feedback_path", "ResidualPath", "OneHopPath",
+           "RandomPath"]
+
+RESIDUAL_WRITERS = ("o_proj", "down_proj", "c_proj", "dense", "out_proj", "fc2", "wo", "dense_4h_to_h")
+
+
+class FeedbackPath(Protocol):
+    """A feedback path strategy (see the module docstring)."""
+
+    name: str
+
+    def prepare(self, model: nn.Module, targets: list[FactorTarget], hidden: int, seed: int) -> None:
+        """Check every target can be reached (ValueError naming the layer otherwise) and build what is fixed."""
+
+    def capture(self, model: nn.Module) -> Any:
+        """A context manager that records what ``signal`` needs during the forward, or None."""
+
+    def signal(self, target: FactorTarget, g: Tensor) -> Tensor:
+        """The learning signal ``[B, L, out]`` of ``target`` from the top error ``g [B, L, D]``."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+def _out_features(target: FactorTarget) -> int:
+    return int(target.lora_B.shape[0])
+
+
+def _leaf(target: FactorTarget) -> str:
+    return target.layer.split(".")[-1]
+
+
+class ResidualPath:
+    """The identity: every adapted layer receives the top error itself."""
+
+    name = "residual"
+
+    def prepare(self, model: nn.Module, targets: list[FactorTarget], hidden: int, seed: int) -> None:
+        bad = [f"{t.layer} ({_out_features(t)})" for t in targets if _out_features(t) != hidden]
+        if bad:
+            raise ValueError(f"feedback: residual delivers the residual-stream error ({hidden} wide), but "
+                             f"{', '.join(bad[:3])} write other widths; adapt residual writers only (e.g. "
+                             f"target_modules: [o_proj, down_proj]) or use feedback: one_hop / random")
+
+    def capture(self, model: nn.Module) -> None:
+        return None
+
+    def signal(self, target: FactorTarget, g: Tensor) -> Tensor:
+        return g
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        return None
+
+
+class RandomPath:
+    """Fixed random feedback ``L = g Rᵀ`` per layer (direct feedback alignment)."""
+
+    name = "random"
+
+    def __init__(self) -> None:
+        self.matrices: dict[str, Tensor] = {}
+
+    def prepare(self, model: nn.Module, targets: list[FactorTarget], hidden: int, seed: int) -> None:
+        for t in targets:
+            if t.layer in self.matrices:
+                continue  # restored from a checkpoint
+            digest = hashlib.sha256(f"{seed}:{t.layer}".encode()).digest()
+            gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+            self.matrices[t.layer] = torch.randn(_out_features(t), hidden, generator=gen) / hidden ** 0.5
+
+    def capture(self, model: nn.Module) -> None:
+        return None
+
+    def signal(self, target: FactorTarget, g: Tensor) -> Tensor:
+        r = self.matrices[target.layer].to(device=g.device, dtype=g.dtype)
+        return g @ r.T
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"matrices": {k: v.clone() for k, v in self.matrices.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.matrices = {k: v.clone() for k, v in state.get("matrices", {}).items()}
+
+
+def _weight(module: nn.Module) -> Tensor:
+    """A linear-like module's frozen weight as ``[out, in]`` (peft wrapper, ``SpikingLinear``, GPT-2 ``Conv1D``)."""
+    base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+    weight = base.weight
+    return (weight.t() if type(base).__name__ == "Conv1D" else weight).detach()
+
+
+class _Outputs:
+    """Forward hooks keeping the outputs of a few modules (detached, float16: they only shape a learning signal), one
+    list per module name, in call order."""
+
+    def __init__(self, modules: dict[str, nn.Module]):
+        self.modules, self.kept, self.handles = modules, {n: [] for n in modules}, []
+
+    def __enter__(self) -> _Outputs:
+        for name, module in self.modules.items():
+            self.handles.append(module.register_forward_hook(
+                lambda m, a, out, name=name: self.kept[name].append(out.detach().to(torch.float16))))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles, self.kept = [], {n: [] for n in self.modules}
+
+
+class OneHopPath:
+    """Through the transpose of the next frozen weight inside the block (see the module docstring)."""
+
+    name = "one_hop"
+
+    def __init__(self) -> None:
+        self.links: dict[str, Callable[[Tensor], Tensor]] = {}
+        self._outputs: _Outputs | None = None
+        self._needed: dict[str, nn.Module] = {}
+        self._pending: dict[str, Tensor] = {}
+
+    def prepare(self, model: nn.Module, targets: list[FactorTarget], hidden: int, seed: int) -> None:
+        config = getattr(getattr(model, "base_model", model), "config", None) or getattr(model, "config", None)
+        for t in targets:
+            self.links[t.layer] = self._link(model, t, hidden, config)
+
+    def _link(self, model: nn.Module, t: FactorTarget, hidden: int, config: Any) -> Callable[[Tensor], Tensor]:
+        leaf, parent = _leaf(t), t.layer.rsplit(".", 1)[0]
+        block = model.get_submodule(parent)
+        if leaf in RESIDUAL_WRITERS and _out_features(t) == hidden:
+            return lambda g: g
+        if leaf == "v_proj" and hasattr(block, "o_proj"):
+            w_o = _weight(block.o_proj)  # [D, H*hd]
+            out = _out_features(t)
+            head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+            kv, rep = out // head_dim, w_o.shape[1] // out
+
+            def via_o(g: Tensor) -> Tensor:
+                back = g @ w_o.to(g.dtype)  # [B, L, H*hd]; query head h = kv_head * rep + k (repeat_kv layout)
+                return back.view(*g.shape[:-1], kv, rep, head_dim).sum(-2).reshape(*g.shape[:-1], out)
+            return via_o
+        if leaf in ("up_proj", "gate_proj") and hasattr(block, "down_proj") and hasattr(block, "gate_proj"):
+            w_d, act = _weight(block.down_proj), block.act_fn
+            self._needed[parent + ".gate_proj"] = block.gate_proj
+            self._needed[parent + ".up_proj"] = block.up_proj
+
+            def via_down_gated(g: Tensor, leaf: str = leaf, parent: str = parent) -> Tensor:
+                back = g @ w_d.to(g.dtype)
+                gate, up = self._pending[parent + ".gate_proj"].float(), self._pending[parent + ".up_proj"].float()
+                if leaf == "up_proj":
+                    return back * act(gate)
+                return back * up * _derivative(act, gate)
+            return via_down_gated
+        if leaf == "c_fc" and hasattr(block, "c_proj"):
+            w_p, act = _weight(block.c_proj), block.act
+            self._needed[t.layer] = model.get_submodule(t.layer)
+
+            def via_proj(g: Tensor, layer: str = t.layer) -> Tensor:
+                return (g @ w_p.to(g.dtype)) * _derivative(act, self._pending[layer].float())
+            return via_proj
+        raise ValueError(f"feedback: one_hop has no path from {t.layer} to the residual stream (supported: residual "
+                         f"writers {', '.join(RESIDUAL_WRITERS)}; v_proj via o_proj; up_proj / gate_proj via "
+                         f"down_proj; c_fc via c_proj); drop it from the eprop learner's params or use "
+                         f"feedback: random")
+
+    def capture(self, model: nn.Module) -> _Outputs | None:
+        if not self._needed:
+            return None
+        self._outputs = _Outputs(self._needed)
+        return self._outputs
+
+    def begin_batch(self) -> None:
+        """Take this forward's captured activations (called once per observed forward, before ``signal``)."""
+        if self._outputs is not None:
+            self._pending = {n: v.pop(0) for n, v in self._outputs.kept.items() if v}
+
+    def signal(self, target: FactorTarget, g: Tensor) -> Tensor:
+        return self.links[target.layer](g)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        return None
+
+
+def _derivative(act: Callable[[Tensor], Tensor], z: Tensor) -> Tensor:
+    """``act'(z)`` elementwise, by autograd through ``act`` alone."""
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        (d,) = torch.autograd.grad(act(z).sum(), z)
+    return d
+
+
+FEEDBACK_PATHS: dict[str, Callable[[], FeedbackPath]] = {"residual": ResidualPath, "one_hop": OneHopPath,
+                                                         "random": RandomPath}
+
+
+def register_feedback_path(name: str, factory: Callable[[], FeedbackPath], *, overwrite: bool = False) -> None:
+    """Make ``feedback: name`` available to ``eprop``."""
+    if name in FEEDBACK_PATHS and not overwrite:
+        raise ValueError(f"a feedback path named {name!r} exists; pass overwrite=True to replace it")
+    FEEDBACK_PATHS[name] = factory
+
+
+def feedback_path(name: str) -> FeedbackPath:
+    """A fresh instance of the feedback path registered as ``name``."""
+    if name not in FEEDBACK_PATHS:
+        raise ValueError(f"feedback: {name!r} is not a feedback path; choose one of "
+                         f"{', '.join(sorted(FEEDBACK_PATHS))}")
+    return FEEDBACK_PATHS[name]()

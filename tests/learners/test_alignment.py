@@ -1,0 +1,75 @@
+"""gradient_alignment: the cosine of a learner's update with −∇loss, per group, leaving everything as it was."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from hybridtune.adapters import get_spiking_peft_model, spiking_lora_config
+from hybridtune.learners import SetupContext, SurrogateLearner
+from hybridtune.learners.alignment import gradient_alignment, parameter_group
+from hybridtune.learners.eprop import EpropLearner
+from hybridtune.learners.plasticity.stdp_learner import STDPLearner
+from hybridtune.testing import tiny_batch, tiny_model
+
+_spec = importlib.util.spec_from_file_location("eprop_tests", Path(__file__).parent / "eprop" / "test_eprop_learner.py")
+eprop_tests = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(eprop_tests)
+
+
+def batches(n=2):
+    out = []
+    for seed in range(n):
+        b = tiny_batch(batch=2, seq=12, seed=seed)
+        b["labels"] = b["input_ids"].clone()
+        out.append(b)
+    return out
+
+
+def setup(learner, model, pattern):
+    owned = {n: p for n, p in model.named_parameters() if re.search(pattern, n)}
+    learner.setup(SetupContext(model=model, accelerator=None, params=owned, total_steps=10))
+    return owned
+
+
+def test_sgd_on_the_surrogate_gradient_is_exactly_downhill_and_nothing_changes():
+    model = get_spiking_peft_model(tiny_model("llama"), spiking_lora_config(r=4, neuron="lif", threshold=0.02,
+                                                                           init_b_std=0.05,
+                                                                           target_modules=["q_proj", "down_proj"]))
+    sgd = SurrogateLearner(lr=0.1, optimizer="SGD", optimizer_kwargs={"momentum": 0.9}, scheduler="constant",
+                           max_grad_norm=None)
+    owned = setup(sgd, model, "lora_")
+    before = {n: p.detach().clone() for n, p in owned.items()}
+    state = sgd.optimizer.state_dict()
+    cos = gradient_alignment(model, [sgd], batches())
+    assert set(cos) == {"lora_A", "lora_B", "threshold", "decay", "all"}
+    for group, value in cos.items():
+        assert value == pytest.approx(1.0, abs=1e-5), group
+    assert all(torch.equal(p, before[n]) and p.grad is None for n, p in owned.items())
+    assert sgd.optimizer.state_dict()["state"] == state["state"] == {}  # the momentum buffers were not kept
+
+
+def test_eprop_with_an_exact_path_is_downhill_and_stdp_is_not():
+    model = eprop_tests.adapted(eprop_tests.one_block(), ["down_proj"], "lif")
+    ep = EpropLearner(params="lora_", lr=1.0, optimizer="SGD", scheduler="constant", max_grad_norm=None)
+    setup(ep, model, "lora_")
+    cos = gradient_alignment(model, [ep], batches())
+    assert cos["all"] > 0.99 and cos["lora_B"] > 0.99
+    assert ep.steps == 0  # its state was restored
+
+    stdp = STDPLearner(params="lora_", lr=0.05)
+    model2 = eprop_tests.adapted(eprop_tests.one_block(), ["down_proj"], "lif")
+    setup(stdp, model2, "lora_")
+    cos = gradient_alignment(model2, [stdp], batches())
+    assert -1.0 <= cos["all"] <= 1.0 and cos["all"] < 0.9
+
+
+def test_groups_and_errors():
+    assert [parameter_group(n) for n in ("x.lora_A.w", "x.lora_B.w", "n.log_threshold", "n.decay_logit", "z")] == [
+        "lora_A", "lora_B", "threshold", "decay", "other"]
+    with pytest.raises(ValueError, match="setup"):
+        gradient_alignment(torch.nn.Linear(2, 2), [SurrogateLearner()], batches())
