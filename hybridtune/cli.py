@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     from .trainers.interrupt import checkpoint_on_signals
 
     try:  # Ctrl-C / SIGTERM: a training loop checkpoints at its next step boundary, then exits 130 / 143
-        with checkpoint_on_signals(), console(args.verbose):
+        with checkpoint_on_signals(), console(args.verbose, args.command):
             return int(importlib.import_module(args._module).run(args) or 0)
     except ConfigError as exc:  # a FileError (unreadable / unwritable file) is one too, with its own label
         print(f"hybridtune {args.command}: {getattr(exc, 'label', 'configuration error')}: {exc}", file=sys.stderr)

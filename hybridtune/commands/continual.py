@@ -30,17 +30,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hybridtune.continual.config import load_continual_config
-
-    from ..trainers.loop import process_state
-    from .train import cli_overrides
-
-    cfg, section = load_continual_config(args.config, cli_overrides(args))
     from hybridtune.continual.strategies import build_strategies
     from hybridtune.continual.trainer import check_strategies
 
     from ..config_schema import ConfigError
+    from ..preflight import preflight
+    from ..trainers.loop import process_state
+    from .train import cli_overrides
 
-    try:
+    cfg, section = load_continual_config(args.config, cli_overrides(args))
+    try:  # the checks `hybridtune validate` runs, before any model is loaded
+        preflight(cfg, world_size=process_state().num_processes)
         check_strategies(build_strategies(section, cfg.trainer.seed), cfg.trainer.batch_size)
     except ConfigError as exc:
         raise exc.with_source(exc.source or args.config) from None

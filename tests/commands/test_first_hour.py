@@ -265,3 +265,20 @@ def test_the_console_is_quiet_by_default(tmp_path, capfd, monkeypatch):
     assert build_parser().parse_args(["train", "c.yaml", "--verbose"]).verbose
     assert build_parser().parse_args(["--verbose", "train", "c.yaml"]).verbose
     assert not build_parser().parse_args(["train", "c.yaml"]).verbose
+
+
+def test_a_command_that_loads_a_model_hides_the_gguf_bar(monkeypatch):
+    import importlib
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    original, seen = gguf_utils.tqdm, {}
+
+    def fake_run(args):
+        seen["tqdm"] = gguf_utils.tqdm
+        return 0
+
+    monkeypatch.setattr(importlib.import_module("hybridtune.commands.eval"), "run", fake_run)
+    assert main(["eval", "--model", "default", "--data", "python-docs"]) == 0
+    assert seen["tqdm"] is not original and list(seen["tqdm"]([1, 2])) == [1, 2]
+    assert gguf_utils.tqdm is original  # restored after the command

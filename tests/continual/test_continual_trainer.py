@@ -252,6 +252,10 @@ def test_cli_continual_on_a_tiny_model_and_user_corpora(tmp_path, th, monkeypatc
     run_yaml.write_text(yaml.safe_dump(data))
     assert main(["continual", str(run_yaml), "--continual.regularizer.name=ewc"]) == 2
     assert "continual.regularizer.name" in capsys.readouterr().err
+    with monkeypatch.context() as m:  # validate's checks run first: a misspelt learner fails before any model loads
+        m.setattr("hybridtune.continual.pipeline.run_continual", lambda *a, **k: pytest.fail("the run started"))
+        assert main(["continual", str(run_yaml), "learners.0.name=surogate"]) == 2
+    assert "learners[0].name" in capsys.readouterr().err
     assert main(["continual", str(run_yaml), "continual.heatmap=false", "data.eval_tokens=128"]) == 0
     out = capsys.readouterr().out
     assert "backward transfer" in out and "after 1: prose" in out
