@@ -239,7 +239,9 @@ def verdicts(rows: list[dict], base_ppl: float) -> dict:
                 out[f"eprop_{key}"] = (f"{'met' if best[key] <= target else 'MISSED'}: {best[key]:.3f} "
                                        f"(target <= {target})")
     r = by.get("rstdp")
-    if r is not None:
+    if r is not None and len(r["ppl_per_seed"]) < 2:  # a spread needs seeds: one seed judges nothing
+        out["rstdp_below_base"] = out["rstdp_grad_cosine"] = "not judged: one seed has no spread (run >= 3 seeds)"
+    elif r is not None:
         drop, spread = base_ppl - r["ppl_mean"], r["ppl_std"]
         ok = drop > TARGETS["rstdp_spread"] * spread
         out["rstdp_below_base"] = (f"{'met' if ok else 'MISSED'}: base {base_ppl:.4f} -> {r['ppl_mean']:.4f} "
