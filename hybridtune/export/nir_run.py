@@ -71,8 +71,8 @@ def _step(node: Any, x: Tensor, state: dict[str, Tensor], name: str) -> Tensor:
         v = state.get(name, torch.zeros_like(x)) + _t(node.r, x) * x
         state[name] = v
         return v
-    raise NotImplementedError(f"node {name!r}: NIR type {kind} is not one hybridtune exports (Affine, Linear, Scale, "
-                              "Threshold, LI, I)")
+    raise ValueError(f"node {name!r}: NIR type {kind} is not one hybridtune exports (Affine, Linear, Scale, "
+                     "Threshold, LI, I)")
 
 
 def run_graph(graph: Any, inputs: Tensor) -> Tensor:
