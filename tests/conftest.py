@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -36,3 +39,25 @@ def default_tokenizer():
     from hybridtune.models import load_tokenizer
 
     return load_tokenizer("default")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def torchrun():
+    """Launch ``torchrun --nproc_per_node 2 ARGS`` (as ``python -m torch.distributed.run``, which every torch install
+    has) on CPU: ``ACCELERATE_USE_CPU=1``, W&B and progress bars off, one thread per rank, a free port. ``env``
+    adds variables; returns the completed process for the caller to assert on."""
+
+    def launch(args, *, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
+        full = {**os.environ, "ACCELERATE_USE_CPU": "1", "WANDB_MODE": "disabled", "TQDM_DISABLE": "1",
+                "OMP_NUM_THREADS": "1", **(env or {})}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), *map(str, args)]
+        return subprocess.run(cmd, cwd=cwd, env=full, capture_output=True, text=True, timeout=timeout)
+
+    return launch

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,26 +16,17 @@ import pytest
 import torch
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run_workers(tmp_path: Path, helpers_dir: Path, *extra: str) -> None:
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(helpers_dir), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), __file__, str(tmp_path), *extra]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+def _run_workers(torchrun, tmp_path: Path, helpers_dir: Path, *extra: str) -> None:
+    proc = torchrun([__file__, tmp_path, *extra], timeout=300,
+                    env={"PYTHONPATH": os.pathsep.join([str(helpers_dir), os.environ.get("PYTHONPATH", "")])})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 @pytest.mark.slow
-def test_two_processes_add_a_task_adapter_and_stay_identical(tmp_path, helpers_dir):
+def test_two_processes_add_a_task_adapter_and_stay_identical(tmp_path, helpers_dir, torchrun):
     from safetensors.torch import load_file
 
-    _run_workers(tmp_path, helpers_dir)
+    _run_workers(torchrun, tmp_path, helpers_dir)
     info = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [i["world"] for i in info] == [2, 2]
     assert info[0]["matrix"] == info[1]["matrix"] and len(info[0]["matrix"]) == 2
@@ -52,10 +41,10 @@ def test_two_processes_add_a_task_adapter_and_stay_identical(tmp_path, helpers_d
 
 
 @pytest.mark.slow
-def test_negative_control_a_stale_ddp_wrapper_lets_the_ranks_drift(tmp_path, helpers_dir):
+def test_negative_control_a_stale_ddp_wrapper_lets_the_ranks_drift(tmp_path, helpers_dir, torchrun):
     from safetensors.torch import load_file
 
-    _run_workers(tmp_path, helpers_dir, "--stale-ddp")
+    _run_workers(torchrun, tmp_path, helpers_dir, "--stale-ddp")
     a, b = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
     drifted = [n for n in a if not torch.equal(a[n], b[n])]
     assert drifted and all(".task1." in n for n in drifted)

@@ -7,11 +7,6 @@ would start one). Marked ``slow``: two fresh interpreters each import torch / tr
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -57,23 +52,11 @@ for sync in (True, False):
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_processes_stay_identical_after_plastic_steps(tmp_path):
-    torchrun = shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun is not on PATH")
+def test_two_processes_stay_identical_after_plastic_steps(tmp_path, torchrun):
     script = tmp_path / "ddp_plastic.py"
     script.write_text(SCRIPT.format())
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "WANDB_MODE": "disabled", "TQDM_DISABLE": "1",
-           "OMP_NUM_THREADS": "1"}
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), str(script), str(tmp_path)]
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    done = torchrun([script, tmp_path], cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     synced = [load_file(str(tmp_path / f"sync-True-rank{r}.safetensors")) for r in (0, 1)]
     drifting = [load_file(str(tmp_path / f"sync-False-rank{r}.safetensors")) for r in (0, 1)]

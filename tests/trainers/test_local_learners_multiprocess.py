@@ -64,8 +64,9 @@ except interrupt.TrainingInterrupted as exc:
 
 
 @pytest.mark.parametrize("learner", ["stdp", "rstdp"])
-def test_a_local_learner_alone_on_two_processes_keeps_the_ranks_identical(tmp_path_factory, helpers_dir, learner):
-    out = _two_process_run(tmp_path_factory, helpers_dir)
+def test_a_local_learner_alone_on_two_processes_keeps_the_ranks_identical(tmp_path_factory, helpers_dir, torchrun,
+                                                                          learner):
+    out = _two_process_run(tmp_path_factory, helpers_dir, torchrun)
     final = [load_file(str(out / f"{learner}-rank{r}.safetensors")) for r in (0, 1)]
     start = load_file(str(out / f"{learner}-init0.safetensors"))
     assert final[0].keys() == final[1].keys() and any("lora_A" in k for k in final[0])
@@ -74,10 +75,10 @@ def test_a_local_learner_alone_on_two_processes_keeps_the_ranks_identical(tmp_pa
     assert any(not torch.equal(final[0][k], start[k]) for k in final[0])  # the learner did update the adapters
 
 
-def test_a_signal_on_one_rank_stops_every_rank_at_the_same_checkpoint(tmp_path_factory, helpers_dir):
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_checkpoint(tmp_path_factory, helpers_dir, torchrun):
     from hybridtune.trainers.checkpoint import list_checkpoints
 
-    out = _two_process_run(tmp_path_factory, helpers_dir)
+    out = _two_process_run(tmp_path_factory, helpers_dir, torchrun)
     assert [(out / f"signal-rank{r}.code").read_text() for r in (0, 1)] == ["143", "143"]
     assert [p.name for p in list_checkpoints(out / "signal")] == ["step-00000002"]
 
@@ -85,30 +86,17 @@ def test_a_signal_on_one_rank_stops_every_rank_at_the_same_checkpoint(tmp_path_f
 _RUN: dict = {}
 
 
-def _two_process_run(tmp_path_factory, helpers_dir):
+def _two_process_run(tmp_path_factory, helpers_dir, torchrun):
     """One torchrun for both learners (each trains alone in it); shared by the parametrised test."""
-    import os
-    import shutil
-    import socket
-    import subprocess
     from pathlib import Path
 
     if "out" in _RUN:
         return _RUN["out"]
-    torchrun = shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun is not on PATH")
     out = tmp_path_factory.mktemp("local2p")
     script = out / "local_script.py"
     script.write_text(SCRIPT.format(helpers=str(helpers_dir)))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "WANDB_MODE": "disabled", "TQDM_DISABLE": "1",
-           "OMP_NUM_THREADS": "1"}
     repo = Path(__file__).resolve().parents[2]
-    done = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(port), str(script), str(out),
-                           str(repo)], cwd=out, env=env, capture_output=True, text=True, timeout=300)
+    done = torchrun([script, out, repo], cwd=out, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     _RUN["out"] = out
     return out

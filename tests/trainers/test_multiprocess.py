@@ -7,12 +7,7 @@ The local rule without averaging (``sync=False``) is the negative control: its r
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -43,26 +38,12 @@ for sync in (True, False):
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _torchrun(args, cwd, timeout=300):
-    torchrun = shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun is not on PATH")
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "WANDB_MODE": "disabled", "TQDM_DISABLE": "1",
-           "OMP_NUM_THREADS": "1", "HYBRIDTUNE_CACHE": str(cwd / "cache")}
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def test_two_processes_end_with_identical_weights(tmp_path, helpers_dir):
+def test_two_processes_end_with_identical_weights(tmp_path, helpers_dir, torchrun):
     script = tmp_path / "ddp_script.py"
     script.write_text(SCRIPT.format(helpers=str(helpers_dir)))
-    done = _torchrun([str(script), str(tmp_path)], tmp_path)
+    done = torchrun([script, tmp_path], cwd=tmp_path, env={"HYBRIDTUNE_CACHE": str(tmp_path / "cache")}, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     synced = [load_file(str(tmp_path / f"sync-True-rank{r}.safetensors")) for r in (0, 1)]
     drifting = [load_file(str(tmp_path / f"sync-False-rank{r}.safetensors")) for r in (0, 1)]
@@ -75,9 +56,10 @@ def test_two_processes_end_with_identical_weights(tmp_path, helpers_dir):
     assert report["world_size"] == 2 and report["tokens_trained"] == 3 * 2 * 2 * 24
 
 
-def test_hybridtune_train_runs_on_two_cpu_processes(tmp_path, th):
+def test_hybridtune_train_runs_on_two_cpu_processes(tmp_path, th, torchrun):
     config = th.tiny_run_yaml(tmp_path, trainer={"steps": 2, "batch_size": 2})
-    done = _torchrun(["-m", "hybridtune.cli", "train", str(config)], tmp_path)
+    done = torchrun(["-m", "hybridtune.cli", "train", config], cwd=tmp_path,
+                    env={"HYBRIDTUNE_CACHE": str(tmp_path / "cache")}, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["world_size"] == 2 and report["steps"] == 2
