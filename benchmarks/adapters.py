@@ -68,7 +68,7 @@ def build_models(args):
     conversion = None
     from hybridtune.conversion import ConversionConfig, convert
 
-    conversion = ConversionConfig()
+    conversion = ConversionConfig(compensation=False)  # as measured (the default before compensation was)
     spiking = get_spiking_peft_model(convert(base(), conversion), spiking_lora_config(**spiking_cfg))
     spiking_ann = get_spiking_peft_model(base(), spiking_lora_config(**spiking_cfg))
     models = {"lora": lora, "spiking": spiking, "spiking_ann": spiking_ann}

@@ -3,10 +3,12 @@
 #   1. preflight: a GPU, a CUDA build of torch, the Python packages the reference needs;
 #   2. build the CUDA extension (first-use build, ahead of time: python -m hybridtune.ops.cuda_ext build);
 #   3. GPU tests: kernel vs reference (tests/ops/test_cuda_parity.py) and the nvcc compile check;
-#   4. benchmark: benchmarks/spike_lora_op.py --quick (skipped when the parity tests fail: numbers of a wrong kernel
+#   4. FSDP on 2 GPUs (only when nvidia-smi -L lists two or more; recorded as skipped otherwise):
+#      benchmarks/fsdp_check.py, trainer.sharding=fsdp on 2 processes vs one unsharded process, 3 steps;
+#   5. benchmark: benchmarks/spike_lora_op.py --quick (skipped when the parity tests fail: numbers of a wrong kernel
 #      would mislead; FORCE_BENCH=1 runs it anyway).
 # Everything lands in ${OUT:-benchmarks/results}: spike_lora_op.json, gpu_check.json (status and seconds per step),
-# gpu_tests.xml, parity_stamp.json (when parity passed) and logs/<step>.log. Exit status: 0 when every step passed, 1 when one failed, 3 without a GPU.
+# gpu_tests.xml, parity_stamp.json (when parity passed), fsdp_2gpu.json (with 2+ GPUs) and logs/<step>.log. Exit status: 0 when every step passed, 1 when one failed, 3 without a GPU.
 # Usage: [OUT=dir] [PYTHON=python3] [DEADLINE_S=450] bash benchmarks/gpu_check.sh
 set -euo pipefail
 
@@ -101,6 +103,15 @@ run_step gpu_tests 200 "$PYTHON" -m pytest -q -rs -p no:cacheprovider --noconfte
 if ((TESTS_OK == 1)); then
   run_step parity_stamp 30 "$PYTHON" -m hybridtune.ops.parity stamp --junit "$OUT/gpu_tests.xml" \
     --copy "$OUT/parity_stamp.json" || true
+fi
+
+# sharded training needs two devices; it uses the PyTorch reference op, so it does not depend on the kernel above
+NGPUS="$(grep -c '^GPU ' <<<"$GPUS" || true)"
+if ((NGPUS >= 2)); then
+  run_step fsdp_2gpu 150 "$PYTHON" benchmarks/fsdp_check.py --out "$OUT/fsdp_2gpu.json" || true
+else
+  log "fsdp_2gpu: skipped, $NGPUS GPU(s) listed by nvidia-smi -L (2 needed)"
+  STEPS+=("{\"step\": \"fsdp_2gpu\", \"status\": \"skipped_fewer_than_2_gpus\", \"gpus\": $NGPUS, \"seconds\": 0}")
 fi
 
 if ((TESTS_OK == 1)) || [[ "${FORCE_BENCH:-0}" == 1 ]]; then

@@ -9,7 +9,8 @@ python-docs blocks for the same number of optimizer steps (same token budget), t
   forwards with ± noise per update, reward = per-token loss difference);
 * ``eprop_residual`` / ``eprop_one_hop`` / ``eprop_random`` -- e-prop with the error at the top of the residual stream
   delivered through each feedback path (one backward through the final norm and ``lm_head`` only). ``residual``
-  reaches only layers that write to the residual stream, so that row adapts ``o_proj`` / ``down_proj`` alone;
+  reaches only layers that write to the residual stream, so that row adapts ``o_proj`` / ``down_proj`` alone; only
+  the top ``--eprop-top-blocks`` blocks learn (the learner's default, 10; ``all`` for every block);
 * ``mix_stdp_surrogate`` -- STDP on ``lora_A``, surrogate on ``lora_B`` and the neurons;
 * ``mix_rstdp_surrogate`` -- R-STDP on ``lora_A`` / ``lora_B``, surrogate on the neurons' thresholds / decays
   (opt-in with ``--variants``: it pays for a backward pass and the escape noise and learns little);
@@ -52,6 +53,7 @@ import torch
 from heap import PeakSampler
 
 from hybridtune import __version__
+from hybridtune.learners.eprop.learner import BLOCK_DECAY, TOP_BLOCKS
 
 TARGETS = {"time_ratio": 0.6, "memory_ratio": 0.5, "mix_within": 0.02, "eprop_drop_share": 0.4, "eprop_cosine": 0.2,
            "rstdp_spread": 3.0}
@@ -78,13 +80,13 @@ def learners_for(variant: str, args) -> list:
                  sigma_output=args.sigma_output, gamma=args.gamma, max_update_norm=args.clip)
     if variant in ("surrogate", "lora_ann"):
         return [surrogate()]
+    eprop = dict(lr=args.eprop_lr, scheduler="constant", max_grad_norm=1.0, top_blocks=args.eprop_top_blocks,
+                 block_decay=args.eprop_block_decay)
     if variant.startswith("eprop_"):
-        return [EpropLearner(params="all", lr=args.eprop_lr, feedback=variant[len("eprop_"):], scheduler="constant",
-                             max_grad_norm=1.0)]
+        return [EpropLearner(params="all", feedback=variant[len("eprop_"):], **eprop)]
     if variant == "mix_stdp_eprop":
-        return [STDPLearner(params="lora_A", lr=args.stdp_lr, **stdp),
-                EpropLearner(params="rest", lr=args.eprop_lr, feedback="one_hop", scheduler="constant",
-                             max_grad_norm=1.0)]
+        return [STDPLearner(params="lora_A", lr=args.stdp_lr, **stdp), EpropLearner(params="rest", feedback="one_hop",
+                                                                                     **eprop)]
     if variant == "stdp":
         return [STDPLearner(params="all", lr=args.stdp_lr, **stdp)]
     if variant == "rstdp":
@@ -278,6 +280,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--stdp-lr", type=float, default=1e-4)
     p.add_argument("--rstdp-lr", type=float, default=1e-3)
     p.add_argument("--eprop-lr", type=float, default=1e-3)
+    p.add_argument("--eprop-top-blocks", type=lambda v: None if v == "all" else int(v), default=TOP_BLOCKS,
+                   help="eprop: only the top N decoder blocks learn ('all': every block; default: the learner's)")
+    p.add_argument("--eprop-block-decay", type=float, default=BLOCK_DECAY,
+                   help="eprop: lr of a block k blocks below the top is lr * decay**k (default: the learner's)")
     p.add_argument("--cosine-batches", type=int, default=2, help="held-out batches for grad_cosine")
     p.add_argument("--tau", type=float, default=8.0)
     p.add_argument("--gamma", type=float, default=0.9)

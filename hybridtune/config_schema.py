@@ -60,8 +60,12 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _is_union(tp: Any) -> bool:
+def is_union(tp: Any) -> bool:
+    """``X | Y`` or ``Optional[X]``."""
     return get_origin(tp) in (Union, types.UnionType)
+
+
+_is_union = is_union
 
 
 def coerce(tp: Any, value: Any, key: str) -> Any:
@@ -152,8 +156,10 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
     if callable(check):
         try:
             check()
-        except ConfigError as exc:
-            raise ConfigError(exc.detail, f"{prefix}.{exc.key}" if prefix and exc.key else (exc.key or prefix)) from None
+        except ConfigError as exc:  # a section may name its keys in full (conversion.divisor): keep those
+            full = exc.key if not prefix or exc.key.startswith(prefix + ".") else f"{prefix}.{exc.key}" if exc.key \
+                else prefix
+            raise ConfigError(exc.detail, full) from None
     return obj
 
 
@@ -189,4 +195,4 @@ def field_type(cls: type, dotted: str) -> Any:
     return tp
 
 
-__all__ = ["ConfigError", "build", "coerce", "to_dict", "field_type", "closest"]
+__all__ = ["ConfigError", "build", "coerce", "to_dict", "field_type", "closest", "is_union"]

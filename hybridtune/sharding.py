@@ -7,12 +7,14 @@ block's forward and backward; the adapters stay ordinary replicated tensors, so
 
 * optimiser-based learners (``surrogate``) average their gradients across ranks with :func:`average_gradients`
   after backward (what DDP would do), and
-* local learners (``stdp``, ``rstdp``) keep working unchanged: they read whole adapter tensors and already average
-  their updates across ranks.
+* local learners (``stdp``, ``rstdp``) read whole adapter tensors and already average their updates across ranks;
+  where a rule reads a frozen base weight outside the forward (``post: layer``) it gathers that one weight
+  (``DTensor.full_tensor()``, on every rank in the same order).
 
-FSDP2 on CPU runs with the gloo backend. Accelerate 1.16's FSDP plugin, asked for on a CPU-only run, falls back to
-plain data parallelism (``DistributedType.MULTI_CPU`` and a ``DistributedDataParallel`` wrapper) without sharding
-anything, which is why this module calls FSDP2 itself.
+The trainer does all this for ``trainer.sharding: fsdp`` (:mod:`hybridtune.trainers.memory`). FSDP2 on CPU runs with
+the gloo backend. Accelerate 1.16's FSDP plugin, asked for on a CPU-only run, falls back to plain data parallelism
+(``DistributedType.MULTI_CPU`` and a ``DistributedDataParallel`` wrapper) without sharding anything, which is why
+this module calls FSDP2 itself.
 
 Example (one process, a mesh of one rank)::
 
@@ -78,13 +80,15 @@ def average_gradients(params: Iterable[nn.Parameter]) -> None:
         offset += g.numel()
 
 
-def sharded_fraction(model: nn.Module) -> float:
-    """Share of the frozen parameters' elements this rank stores (``1 / world`` when fully sharded)."""
+def sharded_fraction(model: nn.Module, trainable: Iterable[nn.Parameter] | None = None) -> float:
+    """Share of the frozen parameters' elements this rank stores (``1 / world`` when fully sharded); ``trainable``
+    (default: the parameters with ``requires_grad``) are left out, as in :func:`shard_frozen_base`."""
     from torch.distributed.tensor import DTensor
 
+    keep = set(trainable) if trainable is not None else {p for p in model.parameters() if p.requires_grad}
     local = total = 0
     for p in model.parameters():
-        if p.requires_grad:
+        if p in keep:
             continue
         total += p.numel()
         local += p.to_local().numel() if isinstance(p, DTensor) else p.numel()

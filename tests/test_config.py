@@ -19,7 +19,7 @@ def test_both_override_forms_and_yaml_values():
     cfg = load_config(None, ["trainer.steps=7", "--adapter.r=4", "--conversion.coverage=[ffn_act]",
                              "learners.0.lr=0.5", "--tracking.tags=[a, b]", "conversion.max_spikes=null"])
     assert cfg.trainer.steps == 7 and cfg.adapter.r == 4
-    assert cfg.conversion.coverage == ["ffn_act"] and cfg.learners[0].lr == 0.5
+    assert cfg.conversion.coverage == ("ffn_act",) and cfg.learners[0].lr == 0.5
     assert cfg.tracking.tags == ["a", "b"] and cfg.conversion.max_spikes is None
 
 
@@ -83,15 +83,58 @@ def test_sweep_style_learning_rate_reaches_the_config():
 
 
 def test_conversion_section_reaches_every_conversion_setting():
-    from hybridtune.conversion.config import from_section
+    from hybridtune.conversion import ConversionConfig
 
     cfg = load_config(None, ["conversion.threshold=static", "conversion.threshold_mode=max_abs",
                              "conversion.timesteps=8", "conversion.divisor=1", "conversion.skip=[lm_head]",
                              "conversion.calib_block=256", "conversion.attention_divisor=4"])
-    conv = from_section(cfg.conversion)
+    conv = cfg.conversion  # the section is the conversion config itself
+    assert isinstance(conv, ConversionConfig)
     assert (conv.neuron, conv.timesteps, conv.threshold_mode, conv.counting) == ("if", 8, "max_abs", "unary")
     assert conv.skip == ("lm_head",) and conv.calib_block == 256 and conv.attention_divisor == 4.0
     with pytest.raises(ConfigError, match="conversion.timesteps"):
         load_config(None, ["conversion.neuron=graded", "conversion.timesteps=4"])
     with pytest.raises(ConfigError, match="conversion.threshold_mode"):
         load_config(None, ["conversion.threshold_mode=max_abs"])
+
+CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_continual_is_a_section_of_the_run_config():
+    from hybridtune.config import ContinualSection
+
+    cfg = load_config(CONFIGS / "continual" / "replay.yaml", ["--continual.replay.share=0.5",
+                                                               "continual.domains.1=unicode-names"])
+    assert isinstance(cfg.continual, ContinualSection)
+    assert cfg.continual.replay.share == 0.5 and cfg.continual.domains[1] == "unicode-names"
+    assert to_dict(load_config(None, [])).get("continual") == to_dict(ContinualSection())
+
+
+@pytest.mark.parametrize("override, key, fragment", [
+    ("continual.adapter=per_tsk", "continual.adapter", "did you mean 'per_task'"),
+    ("continual.replay.shar=0.2", "continual.replay.shar", "valid keys in continual.replay: buffer_blocks, share"),
+    ("continual.replay.share=1.5", "continual.replay.share", "must be in [0, 1)"),
+    ("continual.domains.7=x", "continual.domains.7", "past the end"),
+])
+def test_continual_errors_name_the_key_and_the_file(override, key, fragment):
+    path = CONFIGS / "continual" / "shared.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_config(path, [override])
+    assert err.value.key == key and fragment in str(err.value) and str(path) in str(err.value)
+
+
+def test_one_override_parser_for_every_command():
+    import inspect
+
+    import hybridtune.commands.train as train
+    import hybridtune.continual.config as continual
+    import hybridtune.sweeps.params as params
+    from hybridtune.config import overrides
+
+    # the commands, the continual pipeline and the sweeps use hybridtune.config.overrides; none parses on its own
+    for module in (train, continual, params):
+        source = inspect.getsource(module)
+        assert "yaml.safe_load(raw" not in source and "def _set_dotted" not in source and "_OVERRIDE" not in source
+    assert overrides.is_override("--continual.replay.share=0.5") and not overrides.is_override("--resume")
+    assert params.config_type("continual.replay.share") is float
+    assert params.config_type("learners.0.options") == dict[str, __import__("typing").Any]

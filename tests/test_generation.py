@@ -18,7 +18,7 @@ from hybridtune.testing import tiny_model, tiny_tokenizer
 
 def _adapted(neuron: str):
     # float64 keeps the incremental (KV cache) and full forwards' logits far from ties
-    snn = hc.convert(tiny_model("llama", dtype=torch.float64), hc.ConversionConfig(coverage=("ffn_act", "linear_inputs")))
+    snn = hc.convert(tiny_model("llama", dtype=torch.float64), hc.ConversionConfig(coverage=("ffn_act", "linear_inputs"), compensation=False))
     cfg = spiking_lora_config(r=4, neuron=neuron, threshold=0.01, init_b_std=0.5,
                               target_modules=["q_proj", "v_proj", "up_proj"])
     return get_spiking_peft_model(snn, cfg).eval()

@@ -42,3 +42,9 @@ def test_default_model_loads_offline(default_model, default_tokenizer):
     with torch.no_grad():
         out = default_model(ids, labels=ids)
     assert torch.isfinite(out.loss) and out.loss < 6
+
+
+def test_a_misspelt_embedded_name_suggests_the_right_one():
+    with pytest.raises(models.ModelLoadError, match="did you mean 'gemma3-270m'"):
+        models.resolve_source("gemma3-207m")
+    assert models.embedded_names() == ["default", "gemma3-270m"]

@@ -20,7 +20,7 @@ ORDERS = {
 def test_convert_is_the_function_in_any_import_order(order):
     script = ORDERS[order] + (
         "from hybridtune.testing import tiny_model\n"
-        "snn = ht.convert(tiny_model('llama'), ht.ConversionConfig(coverage=('ffn_act',)))\n"
+        "snn = ht.convert(tiny_model('llama'), ht.ConversionConfig(coverage=('ffn_act',), compensation=False))\n"
         "print(type(snn).__name__, callable(ht.convert))\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

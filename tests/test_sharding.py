@@ -38,7 +38,7 @@ def build():
     from hybridtune.testing import tiny_model
 
     torch.manual_seed(0)
-    snn = hc.convert(tiny_model("llama"), hc.ConversionConfig(coverage=("ffn_act", "linear_inputs")))
+    snn = hc.convert(tiny_model("llama"), hc.ConversionConfig(coverage=("ffn_act", "linear_inputs"), compensation=False))
     cfg = spiking_lora_config(r=4, neuron="lif", threshold=0.02, init_b_std=0.05,
                               target_modules=["q_proj", "v_proj", "up_proj", "down_proj"])
     return get_spiking_peft_model(snn, cfg)

@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from .census import Census, OpCount, count_ops, layer_of
+from .census import Census, CountsOwnOps, OpCount, count_ops, layer_of, norm_cost
 from .energy import (
     CONVENTIONS,
     NOT_MODELLED,
@@ -35,6 +35,7 @@ __all__ = [
     "NOT_MODELLED",
     "Census",
     "Convention",
+    "CountsOwnOps",
     "OpCount",
     "ann_energy_pj",
     "breakeven_spikes_per_neuron",
@@ -49,6 +50,7 @@ __all__ = [
     "int_convention",
     "layer_of",
     "load_report",
+    "norm_cost",
     "plot_report",
     "spiking_modules",
     "total_stats",

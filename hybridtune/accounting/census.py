@@ -2,10 +2,10 @@
 
 Forward hooks count, per layer and per named op, the ANN's MACs / adds and the spiking model's remaining float
 MACs / adds; ops whose input is spikes are marked *spike-driven* (their work is the SOPs the encoders count).
-Modules are recognised by type and by the duck-typed markers conversion sets (``hybridtune_spike_input``, a
-``hybridtune_encoder`` child on an activation whose output is encoded, ``hybridtune_attention`` on attention
-modules), so this floor
-imports nothing from ``convert``.
+Modules are recognised by type, by the :class:`CountsOwnOps` protocol (the conversion's own modules -- a norm
+realised as threshold adaptation, the spiking MoE -- say what a forward computes) and by the duck-typed markers
+conversion sets (``hybridtune_spike_input``, a ``hybridtune_encoder`` child on an activation whose output is encoded,
+``hybridtune_attention`` on attention modules), so this floor imports nothing from ``conversion``.
 
 Counting conventions (per element unless said): linear ``N*in*out`` MACs (+ ``N*out`` adds for a bias);
 RMSNorm 3 MACs, LayerNorm 3 MACs + 1 add, L2 norm 2 MACs; activation 1 MAC-equivalent; gate product 1 MAC;
@@ -30,14 +30,15 @@ from __future__ import annotations
 import re
 import weakref
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-from ..neurons import SpikeStats, SpikingLinear
+from ..neurons import ChannelScaledThreshold, ClipFreeThreshold, DynamicThreshold, SpikeStats, SpikingLinear
 from .stats import count_spikes
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)(?:\.|$)")
@@ -103,6 +104,21 @@ class Census:
         return out
 
 
+@runtime_checkable
+class CountsOwnOps(Protocol):
+    """A module that tells the census what one forward computed (implemented by the conversion's modules).
+
+    ``census_ops(args, output, add)`` calls ``add(op, **counts)`` once per op (``counts`` as in :meth:`Census.add`:
+    ``ann_mac``, ``ann_ac``, ``snn_mac``, ``snn_ac``, ``spike_driven``; the census supplies the layer).
+    ``census_counted`` names the submodules (relative names) whose float work ``census_ops`` already includes, so
+    their own hooks are skipped; their spikes are still counted by the spike statistics.
+    """
+
+    census_counted: tuple[str, ...]
+
+    def census_ops(self, args: tuple, output: Any, add: Callable[..., None]) -> None: ...
+
+
 def _tokens(x: Tensor, width: int) -> int:
     return x.numel() // max(1, width)
 
@@ -142,7 +158,8 @@ def _glu_encoder(module: nn.Module) -> nn.Module | None:
     return None if act is None else act._modules.get("hybridtune_encoder")
 
 
-def _norm_cost(type_name: str, elements: int) -> tuple[float, float]:
+def norm_cost(type_name: str, elements: int) -> tuple[float, float]:
+    """(MACs, adds) of the norm class ``type_name`` over ``elements`` values (see the module's conventions)."""
     if "LayerNorm" in type_name:
         return 3.0 * elements, 1.0 * elements
     if "L2Norm" in type_name:
@@ -161,8 +178,8 @@ class _Hooks:
         self.encoder_calls: dict[int, tuple[weakref.ref, float]] = {}
         self._spikes_before: dict[int, float] = {}
         self._prune_at = 64
-        self.threshold_norm_encoders = {
-            f"{name}.encoder" for name, m in model.named_modules() if type(m).__name__ == "ThresholdNorm"}
+        self.counted_inside = {f"{name}.{child}" if name else child for name, m in model.named_modules()
+                               if isinstance(m, CountsOwnOps) for child in m.census_counted}
 
     def register(self) -> list:
         handles = []
@@ -181,6 +198,12 @@ class _Hooks:
     def hook_for(self, name: str, module: nn.Module):  # noqa: C901 - one dispatch table
         layer, add = layer_of(name), self.census.add
         tname = type(module).__name__
+        if isinstance(module, CountsOwnOps):
+            def own(mod, args, out):
+                mod.census_ops(args, out, lambda op, **counts: add(layer, op, **counts))
+            return own, False
+        if name in self.counted_inside:
+            return None
         dims = _linear_dims(module)
         if dims is not None:
             def linear(mod, args, out, dims=dims):
@@ -189,31 +212,27 @@ class _Hooks:
                 if _has_bias(mod):
                     add(layer, "bias_add", ann_ac=n * dims[1])
             return linear, False
-        if tname == "ThresholdNorm":
-            def tnorm(mod, args, out):
-                e = args[0].numel()
-                ann_mac, ann_ac = _norm_cost(mod.norm_type, e)
-                # the spiking side still computes the per-token rms (and mean) that adapts the threshold
-                add(layer, "norm", ann_mac=ann_mac, ann_ac=ann_ac, snn_mac=e, snn_ac=e if mod.centred else 0.0)
-            return tnorm, False
         if "Norm" in tname and all(n == "hybridtune_encoder" for n, _ in module.named_children()):
             def norm(mod, args, out):
-                mac, ac = _norm_cost(tname, args[0].numel())
+                mac, ac = norm_cost(tname, args[0].numel())
                 add(layer, "norm", ann_mac=mac, ann_ac=ac)
             return norm, False
-        if hasattr(module, "threshold") and hasattr(module, "stats") and name not in self.threshold_norm_encoders:
-            strategy = type(module.threshold).__name__
-            if strategy not in ("DynamicThreshold", "ChannelScaledThreshold"):
+        if hasattr(module, "threshold") and hasattr(module, "stats"):
+            if not isinstance(module.threshold, (DynamicThreshold, ChannelScaledThreshold, ClipFreeThreshold)):
                 return None  # static: theta folds into the consumer weights; the comparison is the neuron's firing
+            weighted = isinstance(module.threshold, ChannelScaledThreshold)
+            inner = module.threshold.inner if weighted else module.threshold
+            floored = isinstance(inner, ClipFreeThreshold)
 
             def threshold(mod, args, out):
                 # per-token threshold: the statistic (a weighted sum when channel-scaled), v / theta_t and its
                 # rounding per element, and the rescale of every consumer output by theta_t per token
                 e = args[0].numel()
-                weighted = strategy == "ChannelScaledThreshold"
                 if mod.threshold.mode == "rms" or weighted:
                     add(layer, "threshold_stats", snn_mac=e)
                 else:
+                    add(layer, "threshold_stats", snn_ac=e)
+                if floored:  # the per-token max|v| that keeps the count from saturating: a comparison per element
                     add(layer, "threshold_stats", snn_ac=e)
                 add(layer, "threshold_divide_round", snn_mac=e, snn_ac=e)
                 add(layer, "threshold_rescale", snn_mac=_tokens(args[0], args[0].shape[-1]) * max(1, mod.fan_out))
@@ -226,8 +245,6 @@ class _Hooks:
             def act(mod, args, out):
                 add(layer, "activation", ann_mac=out.numel())
             return act, False
-        if tname == "SpikingMoE":
-            return self.moe_hook(layer, module), False
         if tname == "Llama4TextExperts":
             def experts(mod, args, out):
                 rows = _tokens(args[0], mod.hidden_size)
@@ -316,19 +333,6 @@ class _Hooks:
             key = f"{name}.lora_shrink"
             self.census.stats.setdefault(key, SpikeStats()).sops += spikes * rank
         return [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
-
-    def moe_hook(self, layer: str, module: nn.Module):
-        add = self.census.add
-
-        def moe(mod, args, out):
-            rows, h = mod.routed_rows, mod.hidden_dim
-            i2 = mod.experts.gate_up_proj.shape[-1]
-            add(layer, "moe_routing", ann_mac=rows * h)
-            add(layer, "linear:experts_gate_up", ann_mac=rows * h * i2,
-                spike_driven=bool(getattr(mod, "hybridtune_spike_input", False)))
-            add(layer, "linear:experts_down", ann_mac=rows * (i2 // 2) * h, spike_driven=mod.down_encoder is not None)
-            add(layer, "glu_product", ann_mac=rows * (i2 // 2), spike_driven=mod.act_encoder is not None)
-        return moe
 
     def attention_hook(self, layer: str, module: nn.Module):
         add = self.census.add

@@ -13,20 +13,23 @@ from __future__ import annotations
 
 from .config import (
     PEFT_TYPE_MARKER,
+    SPIKING_LORA,
     STRATEGIES,
     HeavisideStrategy,
     LIFStrategy,
     MultiThresholdStrategy,
     NeuronStrategy,
     SpikingLoraConfig,
+    lora_config,
     neuron_strategy,
     spiking_lora_config,
 )
 from .evaluate import load_for_eval
-from .layer import MERGE_ERROR, SpikingLoraLinear, register_custom_modules
+from .layer import MERGE_ERROR, InputPerturbation, SpikingLoraLinear, register_custom_modules
 from .model import (
     MARKER_FILE,
     SpikingAdapterLoadError,
+    SpikingLoraModel,
     get_spiking_peft_model,
     is_spiking_peft_model,
     load,
@@ -40,10 +43,12 @@ __all__ = [
     "MARKER_FILE",
     "MERGE_ERROR",
     "PEFT_TYPE_MARKER",
+    "SPIKING_LORA",
     "STRATEGIES",
     "AdapterRecord",
     "BottleneckNeuron",
     "HeavisideStrategy",
+    "InputPerturbation",
     "LIFStrategy",
     "MultiThresholdStrategy",
     "NeuronStrategy",
@@ -52,6 +57,7 @@ __all__ = [
     "SpikingAdapterLoadError",
     "SpikingLoraConfig",
     "SpikingLoraLinear",
+    "SpikingLoraModel",
     "get_spiking_peft_model",
     "install_sequence_hook",
     "is_spiking_peft_model",
@@ -64,4 +70,5 @@ __all__ = [
     "reset_mask",
     "sequence_context",
     "spiking_lora_config",
+    "lora_config",
 ]

@@ -24,8 +24,14 @@ from typing import Any
 
 from peft import LoraConfig
 
-# adapter_config.json's "peft_type" as hybridtune writes it: plain peft cannot resolve it, so PeftModel.from_pretrained
-# fails loudly (KeyError showing this text) instead of silently building ordinary LoRA without the neurons.
+from hybridtune.config import AdapterSection
+from hybridtune.config_schema import ConfigError, build, closest
+
+# The peft method spiking LoRA is registered under (hybridtune.adapters.model fills peft's public mappings): saved in
+# adapter_config.json, so peft builds a SpikingLoraConfig from it, and a plain peft without hybridtune fails loudly
+# (KeyError naming it) instead of silently building ordinary LoRA without the neurons.
+SPIKING_LORA = "HYBRIDTUNE_SPIKING_LORA"
+# the "peft_type" adapters saved before the registration carry (hybridtune.adapters.load still reads them)
 PEFT_TYPE_MARKER = (
     "HYBRIDTUNE_SPIKING_LORA: load with hybridtune.adapters.load(model, path); "
     "plain PeftModel.from_pretrained would drop the spiking neurons"
@@ -166,6 +172,7 @@ class SpikingLoraConfig(LoraConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.peft_type = SPIKING_LORA  # LoraConfig.__post_init__ set LORA
         self.neuron = neuron_strategy(self.neuron)
         if self.init_b_std < 0:
             raise ValueError(f"init_b_std={self.init_b_std} must be >= 0")
@@ -200,24 +207,43 @@ class SpikingLoraConfig(LoraConfig):
         return cls(**kwargs)
 
 
-def spiking_lora_config(r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-                        target_modules: list[str] | str | None = None, neuron: str = "mt", threshold: float = 0.05,
-                        decay: float = 0.9, max_spikes: int | None = 8, surrogate: str = "atan", slope: float = 2.0,
-                        init_b_std: float = 0.0, learn_threshold: bool = True, learn_decay: bool = True,
-                        **lora_kwargs: Any) -> SpikingLoraConfig:
-    """Flat constructor whose arguments mirror the run config's ``adapter`` section.
+def lora_config(section: AdapterSection, **lora_kwargs: Any) -> SpikingLoraConfig:
+    """The peft config of an :class:`~hybridtune.config.AdapterSection` (the run config's ``adapter:`` section, the
+    one adapter config): every field is used; ``lora_kwargs`` are further ``LoraConfig`` options (e.g. ``bias``).
+
+    Example:
+        >>> cfg = lora_config(AdapterSection(r=4, neuron="lif", decay=0.8, target_modules=["c_attn"]))
+        >>> cfg.r, cfg.lora_alpha, cfg.neuron.kind, cfg.neuron.decay
+        (4, 16.0, 'lif', 0.8)
+    """
+    fields_: dict[str, Any] = dict(threshold=section.threshold, surrogate=section.surrogate, slope=section.slope,
+                                   learn_threshold=section.learn_threshold)
+    if section.neuron == "lif":
+        fields_.update(decay=section.decay, learn_decay=section.learn_decay)
+    elif section.neuron == "mt":
+        fields_["max_spikes"] = section.max_spikes
+    return SpikingLoraConfig(r=section.r, lora_alpha=section.alpha, lora_dropout=section.dropout,
+                             target_modules=list(section.target_modules), neuron=neuron_strategy(section.neuron, **fields_),
+                             init_b_std=section.init_b_std, **lora_kwargs)
+
+
+def spiking_lora_config(**fields: Any) -> SpikingLoraConfig:
+    """Flat constructor: the fields of :class:`~hybridtune.config.AdapterSection` (``r``, ``alpha``, ``dropout``,
+    ``target_modules``, ``neuron``, ``threshold``, ``decay``, ``max_spikes``, ``surrogate``, ``slope``,
+    ``init_b_std``, ``learn_threshold``, ``learn_decay``) plus ``LoraConfig`` options; anything else is a
+    :class:`~hybridtune.config_schema.ConfigError` naming the key and the valid ones.
 
     Example:
         >>> cfg = spiking_lora_config(r=4, neuron="lif", threshold=0.5, target_modules=["c_attn"])
         >>> cfg.r, cfg.neuron.kind, cfg.neuron.threshold
         (4, 'lif', 0.5)
     """
-    fields_: dict[str, Any] = dict(threshold=threshold, surrogate=surrogate, slope=slope,
-                                   learn_threshold=learn_threshold)
-    if neuron == "lif":
-        fields_.update(decay=decay, learn_decay=learn_decay)
-    elif neuron == "mt":
-        fields_["max_spikes"] = max_spikes
-    strategy = neuron_strategy(neuron, **fields_)
-    return SpikingLoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-                             neuron=strategy, init_b_std=init_b_std, **lora_kwargs)
+    names = {f.name for f in dataclasses.fields(AdapterSection)}
+    lora_names = {f.name for f in dataclasses.fields(LoraConfig) if f.init} - {"r", "lora_alpha", "lora_dropout",
+                                                                                "target_modules"}
+    unknown = sorted(set(fields) - names - lora_names)
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r}; {closest(unknown[0], sorted(names))}valid keys: "
+                          f"{', '.join(sorted(names))} (or a peft LoraConfig option)", "adapter")
+    section = build(AdapterSection, {k: v for k, v in fields.items() if k in names}, "adapter")
+    return lora_config(section, **{k: v for k, v in fields.items() if k not in names})

@@ -6,7 +6,7 @@ Example:
     >>> from hybridtune.testing import tiny_model
     >>> from hybridtune.adapters import SpikingLoraConfig, get_spiking_peft_model
     >>> d = tempfile.mkdtemp()
-    >>> snn = hc.convert(tiny_model("llama"), hc.ConversionConfig())
+    >>> snn = hc.convert(tiny_model("llama"), hc.ConversionConfig(compensation=False))
     >>> _ = hc.save_spiking(snn, d + "/snn")
     >>> get_spiking_peft_model(snn, SpikingLoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(d + "/ad")
     >>> pm = load_for_eval(d + "/ad", spiking_dir=d + "/snn", model=tiny_model("llama"))

@@ -12,6 +12,8 @@ the shrink, the neuron, the expand and the add all happen inside :func:`hybridtu
   adapters raises.
 * ``lora_dropout`` (spike dropout on ``x_spk``) keeps the single op: the op consumes ``drop(x_spk)`` and one extra
   GEMM adds the base contribution of the dropped part, ``(x_spk - drop(x_spk)) W^T`` -- exact, costs one GEMM.
+* An :class:`InputPerturbation` switched on for an adapter (``set_input_perturbation``; e.g. a learner's escape
+  noise) takes the dropout's place the same way, with its own base correction.
 * Computation runs in the base's dtype (adapter parameters are cast to it inside autograd).
 * ``merge`` raises: ``B * spike(A x)`` is not linear in ``x``, so there is no weight delta to fold into ``W``.
 
@@ -27,7 +29,7 @@ Example:
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +60,18 @@ def recomputing() -> bool:
     return not torch.compiler.is_compiling() and _engine_recomputing()
 
 
+@runtime_checkable
+class InputPerturbation(Protocol):
+    """What perturbs an adapter's input in place of its dropout while switched on (a learner's escape noise).
+
+    ``perturb(x, info)`` returns the adapter's input for ``x [B, T, in]`` (``info``: the call's sequence info or
+    None); ``base_correction(weight)`` is what the layer adds so the frozen base still sees the clean ``x``."""
+
+    def perturb(self, x: Tensor, info: SequenceInfo | None) -> Tensor: ...
+
+    def base_correction(self, weight: Tensor) -> Tensor: ...
+
+
 def _is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
@@ -69,9 +83,12 @@ class SpikingLoraLinear(LoraLinear):
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: LoraConfig, **kwargs: Any) -> None:
         super().__init__(base_layer, adapter_name, config=config, **kwargs)
-        self.sequence_info: SequenceInfo | None = None  # set per model call by the sequence hook
+        self.sequence_info: SequenceInfo | None = None  # set for the duration of a model call by the sequence hook
+        # the info of the last differentiable call, replayed if gradient checkpointing re-runs the forward
+        self._call_info: SequenceInfo | None = None
         self.recorder = None  # set by hybridtune.adapters.recording.SpikeRecorder while recording
         self.record_name = ""
+        self.input_perturbation: dict[str, InputPerturbation] = {}  # per adapter, while switched on
         self._warned_no_sequence = False
 
     # -- adapter lifecycle -------------------------------------------------------------------------------------
@@ -98,10 +115,21 @@ class SpikingLoraLinear(LoraLinear):
     def get_delta_weight(self, adapter: str) -> Tensor:
         raise ValueError(MERGE_ERROR)
 
-    def reset_state(self) -> None:
-        """Forget every adapter's carried LIF membrane."""
-        for neuron in self.lora_neuron.values():
-            neuron.reset_state()
+    def set_input_perturbation(self, adapter_name: str, perturbation: InputPerturbation | None) -> None:
+        """Switch an input perturbation on for ``adapter_name`` (None switches it off). Refused while the adapter
+        uses input dropout: the two would hide each other."""
+        if perturbation is None:
+            self.input_perturbation.pop(adapter_name, None)
+            return
+        if adapter_name not in self.lora_A:
+            raise KeyError(f"no adapter {adapter_name!r} on this layer (it holds {sorted(self.lora_A)})")
+        p = getattr(self.lora_dropout[adapter_name], "p", 0.0)
+        if p > 0:
+            raise ValueError(f"adapter {adapter_name!r}: an input perturbation (escape noise) needs lora_dropout=0, "
+                             f"got {p}")
+        if not isinstance(perturbation, InputPerturbation):
+            raise TypeError(f"{type(perturbation).__name__} is not an InputPerturbation (perturb, base_correction)")
+        self.input_perturbation[adapter_name] = perturbation
 
     # -- forward -----------------------------------------------------------------------------------------------
     def _base_linear(self) -> tuple[nn.Module, Tensor, Tensor | None]:
@@ -125,31 +153,32 @@ class SpikingLoraLinear(LoraLinear):
         x = transform(x) if transform is not None else x  # bypasses the base's forward and its pre-hook
         x_spk = base.encode(x) if hasattr(base, "encode") else x
         lead = x_spk.shape[:-1]
-        x3, info = self._as_sequence(x_spk)
+        replay = recomputing()
+        x3, info = self._as_sequence(x_spk, self._call_info if replay else self.sequence_info)
+        if not replay:
+            self._call_info = info if torch.is_grad_enabled() else None
         neurons = [self.lora_neuron[n] for n in names]
         strategy = self._shared_strategy(names, neurons)
         dtype = weight.dtype
         x3 = x3 if x3.dtype == dtype else x3.to(dtype)
         lora_a, lora_b, scaling, theta, decay, bias = self._stack(names, neurons, bias, dtype)
-        if strategy.stateful and self.sequence_info is None and not self._warned_no_sequence:
+        if strategy.stateful and not replay and self.sequence_info is None and not self._warned_no_sequence:
             self._warned_no_sequence = True
             warnings.warn(
                 "stateful (lif) spiking LoRA layer called without sequence info: padding / document resets and the "
                 "generation state carry are off. Build models with hybridtune.adapters.get_spiking_peft_model or "
                 "load(...) (they install the sequence hook), or wrap direct calls in sequence_context(...)",
                 stacklevel=2)
-        replay = recomputing()
         state_in = self._state_in(neurons, info, x3.shape[0], dtype, replay) if strategy.stateful else None
-        dropout = self.lora_dropout[names[0]]
-        x_in = dropout(x3)
+        perturbation = self.input_perturbation.get(names[0])
+        x_in = perturbation.perturb(x3, info) if perturbation is not None else self.lora_dropout[names[0]](x3)
         out, spikes, state_out = ops.spike_lora(
             x_in, weight, bias, lora_a, lora_b, scaling, strategy.kind, theta, decay,
             info.reset if info is not None else None, state_in, strategy.op_max_spikes, strategy.surrogate,
             float(strategy.slope))
-        if x_in is not x3:  # dropout active: add the base contribution of the dropped spikes
-            # (a stand-in that perturbs the adapter input, e.g. escape noise, may know a cheaper correction)
-            fix = getattr(dropout, "base_correction", None)
-            out = out + (fix(weight) if fix is not None else F.linear(x3 - x_in, weight))
+        if x_in is not x3:  # the adapter saw another input: give the base back its contribution of the difference
+            out = out + (perturbation.base_correction(weight) if perturbation is not None
+                         else F.linear(x3 - x_in, weight))
         if strategy.stateful and not replay:
             self._store_state(neurons, state_out)
         if not replay and any(n.stats is not None for n in neurons):
@@ -164,9 +193,9 @@ class SpikingLoraLinear(LoraLinear):
             out = out.reshape(*lead, out.shape[-1]).clone()
         return as_dtype(out, x.dtype)
 
-    def _as_sequence(self, x_spk: Tensor) -> tuple[Tensor, SequenceInfo | None]:
-        """View the input as ``[B, T, in]`` and pick the sequence info that applies to it (shape must match)."""
-        info = self.sequence_info
+    @staticmethod
+    def _as_sequence(x_spk: Tensor, info: SequenceInfo | None) -> tuple[Tensor, SequenceInfo | None]:
+        """View the input as ``[B, T, in]``; ``info`` applies only if its shape matches (else None)."""
         if x_spk.dim() == 3:
             x3 = x_spk
         elif x_spk.dim() == 2 and info is not None and info.shape[0] * info.shape[1] == x_spk.shape[0]:

@@ -1,16 +1,25 @@
 """Build, save and load spiking peft models.
 
-:func:`get_spiking_peft_model` wraps ``peft.get_peft_model`` and returns the usual peft model whose class is swapped
-for a thin subclass (``Spiking<PeftModelForCausalLM>``) that
+Spiking LoRA is a peft method of its own: importing this module registers the peft type
+:data:`~hybridtune.adapters.config.SPIKING_LORA` with its config (:class:`SpikingLoraConfig`) and its tuner
+(:class:`SpikingLoraModel`, peft's ``LoraModel`` that accepts only spiking configs and installs the sequence hook)
+in peft's public mappings (``PEFT_TYPE_TO_CONFIG_MAPPING``, ``PEFT_TYPE_TO_TUNER_MAPPING``,
+``PEFT_TYPE_TO_PREFIX_MAPPING``). ``peft.utils.register_peft_method`` cannot do it: it requires a member of the
+``PeftType`` enum (a closed ``enum.Enum``) and a prefix no other method uses, while spiking LoRA shares LoRA's
+``lora_`` parameter names. Saved adapters say ``"peft_type": "HYBRIDTUNE_SPIKING_LORA"``, so peft itself rebuilds the
+spiking config from them, and a peft without hybridtune fails with a ``KeyError`` naming that type instead of
+silently building ordinary LoRA and dropping the neuron parameters.
+
+:func:`get_spiking_peft_model` builds (never re-classes) a ``SpikingPeftModelForCausalLM`` (or
+``SpikingPeftModel``), a subclass of peft's model class that
 
 * writes ``hybridtune_config.json`` (format, hybridtune / peft / torch versions, per-adapter neuron strategy, the base
   model's fingerprint, whether the base was spiking and the fingerprint of the conversion it was trained on: its
-  config and calibration state) beside every adapter in ``save_pretrained``, and rewrites the
-  ``peft_type`` of each ``adapter_config.json`` to :data:`PEFT_TYPE_MARKER` -- a plain ``PeftModel.from_pretrained``
-  on the directory then fails with a ``KeyError`` quoting "load with hybridtune.adapters.load(model, path)"
-  instead of silently building ordinary LoRA and dropping the neuron parameters;
-* accepts only :class:`SpikingLoraConfig` in ``add_adapter`` and routes ``load_adapter`` through the spiking config,
-  refusing any load with unexpected or missing adapter keys (e.g. ``lora_neuron``) and naming the call to use.
+  config and calibration state) beside every adapter in ``save_pretrained``;
+* routes ``load_adapter`` through the spiking config, refusing any load with unexpected or missing adapter keys
+  (e.g. ``lora_neuron``) and naming the call to use.
+
+The caller's config is never modified: the model holds a copy.
 
 Example:
     >>> import tempfile
@@ -26,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -33,14 +43,16 @@ from typing import Any
 
 import peft
 import torch
-from peft import PeftModel, get_peft_model
+from peft import MODEL_TYPE_TO_PEFT_MODEL_MAPPING, PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING, PeftModel
+from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
+from peft.tuners.lora import LoraModel
 from torch import nn
 
 from hybridtune import ops
 from hybridtune._version import __version__
 from hybridtune.files import load_safetensors, read_json
 
-from .config import PEFT_TYPE_MARKER, SpikingLoraConfig
+from .config import SPIKING_LORA, SpikingLoraConfig
 from .layer import SpikingLoraLinear
 from .sequence import install_sequence_hook
 
@@ -55,6 +67,33 @@ class SpikingAdapterLoadError(ValueError):
     """A load that would lose or misplace spiking-adapter parameters; the message says what to call instead."""
 
 
+class SpikingLoraModel(LoraModel):
+    """peft's LoRA tuner for :class:`SpikingLoraConfig` adapters (the layers come from the config's custom-module
+    mapping); every injection (re)installs the sequence hook on the wrapped transformers model."""
+
+    prefix: str = "lora_"
+
+    def _check_new_adapter_config(self, config) -> None:
+        if not isinstance(config, SpikingLoraConfig):
+            raise TypeError(f"a spiking peft model takes SpikingLoraConfig adapters, got {type(config).__name__}")
+        super()._check_new_adapter_config(config)
+
+    def inject_adapter(self, model: nn.Module, *args: Any, **kwargs: Any) -> None:
+        super().inject_adapter(model, *args, **kwargs)
+        install_sequence_hook(model)
+
+
+def _register_peft_method() -> None:
+    """Make ``SPIKING_LORA`` a peft method through peft's public mappings (see the module docstring for why not
+    ``register_peft_method``); idempotent."""
+    PEFT_TYPE_TO_CONFIG_MAPPING[SPIKING_LORA] = SpikingLoraConfig
+    PEFT_TYPE_TO_TUNER_MAPPING[SPIKING_LORA] = SpikingLoraModel
+    PEFT_TYPE_TO_PREFIX_MAPPING[SPIKING_LORA] = SpikingLoraModel.prefix
+
+
+_register_peft_method()
+
+
 class SpikingPeftMixin:
     """Behaviour added to peft's model class by :func:`get_spiking_peft_model` (see the module docstring)."""
 
@@ -64,8 +103,7 @@ class SpikingPeftMixin:
                 f"add_adapter({adapter_name!r}): a spiking peft model takes SpikingLoraConfig adapters, got "
                 f"{type(peft_config).__name__}"
             )
-        super().add_adapter(adapter_name, peft_config, *args, **kwargs)
-        install_sequence_hook(self.base_model.model)
+        super().add_adapter(adapter_name, copy.deepcopy(peft_config), *args, **kwargs)
 
     def load_adapter(self, model_id, adapter_name: str, is_trainable: bool = False, **kwargs: Any):
         path = Path(model_id) / kwargs["subfolder"] if kwargs.get("subfolder") else Path(model_id)
@@ -83,16 +121,17 @@ class SpikingPeftMixin:
     def save_pretrained(self, save_directory, *args: Any, **kwargs: Any) -> None:
         super().save_pretrained(save_directory, *args, **kwargs)
         selected = kwargs.get("selected_adapters") or list(self.peft_config)
-        if kwargs.get("is_main_process", True):
-            write_markers(self, Path(save_directory), list(selected))
+        # every rank computes the markers (a sharded base's fingerprint gathers weights from all ranks), one writes
+        write_markers(self, Path(save_directory), list(selected), write=kwargs.get("is_main_process", True))
 
 
 _CLASSES: dict[type, type] = {}
 
 
-def _spiking_class(cls: type) -> type:
-    if issubclass(cls, SpikingPeftMixin):
-        return cls
+def spiking_model_class(task_type: str | None) -> type[PeftModel]:
+    """The spiking subclass of the peft model class peft uses for ``task_type`` (``PeftModel`` for None or an
+    unknown task), made once per class."""
+    cls = MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(task_type, PeftModel)
     if cls not in _CLASSES:
         _CLASSES[cls] = type("Spiking" + cls.__name__, (SpikingPeftMixin, cls), {"__module__": __name__})
     return _CLASSES[cls]
@@ -104,10 +143,12 @@ def is_spiking_peft_model(model: nn.Module) -> bool:
 
 def get_spiking_peft_model(model: nn.Module, config: SpikingLoraConfig, adapter_name: str = "default",
                            **kwargs: Any) -> PeftModel:
-    """``peft.get_peft_model`` with spiking LoRA layers, the sequence hook and the spiking save/load behaviour.
+    """Like ``peft.get_peft_model``: spiking LoRA layers, the sequence hook and the spiking save/load behaviour.
 
-    ``task_type`` defaults to ``CAUSAL_LM`` for generative transformers models (so ``generate`` and ``labels`` work
-    as for any peft causal LM); other modules get peft's generic ``PeftModel``.
+    The model holds a copy of ``config`` (``config`` itself is left as it was). Its ``task_type`` defaults to
+    ``CAUSAL_LM`` for generative transformers models (so ``generate`` and ``labels`` work as for any peft causal LM);
+    other modules get peft's generic ``PeftModel``. ``kwargs`` go to the peft model class
+    (``autocast_adapter_dtype``, ``low_cpu_mem_usage``).
 
     Example:
         >>> from hybridtune.testing import tiny_model
@@ -119,11 +160,12 @@ def get_spiking_peft_model(model: nn.Module, config: SpikingLoraConfig, adapter_
         raise TypeError(f"get_spiking_peft_model needs a SpikingLoraConfig, got {type(config).__name__}")
     if isinstance(model, PeftModel):
         raise TypeError("model is already a peft model; add adapters with model.add_adapter(name, SpikingLoraConfig)")
+    config = copy.deepcopy(config)
     if config.task_type is None and hasattr(model, "prepare_inputs_for_generation"):
         config.task_type = "CAUSAL_LM"
-    peft_model = get_peft_model(model, config, adapter_name=adapter_name, **kwargs)
-    peft_model.__class__ = _spiking_class(type(peft_model))
-    install_sequence_hook(peft_model.base_model.model)
+    # what peft.get_peft_model records before it builds the model class
+    config.base_model_name_or_path = model.__dict__.get("name_or_path", None) or None
+    peft_model = spiking_model_class(config.task_type)(model, config, adapter_name=adapter_name, **kwargs)
     ops.activate()  # the spike_lora backend is chosen once, when a model is built, never inside a forward
     return peft_model
 
@@ -156,8 +198,9 @@ def conversion_fingerprint(model: nn.Module) -> str | None:
     return digest.hexdigest()[:16]
 
 
-def write_markers(model: PeftModel, root: Path, adapters: list[str]) -> None:
-    """Write ``hybridtune_config.json`` into ``root`` and every adapter directory; mark each adapter_config.json."""
+def write_markers(model: PeftModel, root: Path, adapters: list[str], write: bool = True) -> None:
+    """Write ``hybridtune_config.json`` into ``root`` and every adapter directory
+    (``write=False``: compute only, on the ranks that do not write)."""
     common = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -168,6 +211,8 @@ def write_markers(model: PeftModel, root: Path, adapters: list[str]) -> None:
         "spiking_base": spiking_base(model),
         "conversion_fingerprint": conversion_fingerprint(model),
     }
+    if not write:
+        return
     listing = {}
     for name in adapters:
         sub = "" if name == "default" else name
@@ -178,10 +223,6 @@ def write_markers(model: PeftModel, root: Path, adapters: list[str]) -> None:
         if sub:  # the adapter's own directory describes just that adapter, so it can be loaded on its own
             marker = {**common, "adapters": {name: {**listing[name], "subfolder": ""}}}
             (directory / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
-        config_file = directory / "adapter_config.json"
-        data = json.loads(config_file.read_text())
-        data["peft_type"] = PEFT_TYPE_MARKER
-        config_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     # the root lists every saved adapter (load(model, root) restores them all)
     (root / MARKER_FILE).write_text(json.dumps({**common, "adapters": listing}, indent=2) + "\n")
 

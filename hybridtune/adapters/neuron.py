@@ -3,8 +3,9 @@
 It holds no forward of its own: the layer passes ``threshold()`` / ``decay()`` to the ``spike_lora`` op. Learnable
 values are reparameterised so optimisers cannot push them out of range: ``threshold = exp(log_threshold)`` (> 0) and
 ``decay = sigmoid(decay_logit)`` (in (0, 1)). Fixed values are persistent buffers (they save with the adapter). The
-LIF membrane carried between calls (generation) is a non-persistent buffer: it follows ``.to()``, is never saved,
-and is cleared by :meth:`reset_state` (``hybridtune.neurons.reset_state(model)`` walks the model and calls it).
+LIF membrane carried between calls (generation) and the one the current call started from (replayed when gradient
+checkpointing re-runs the forward) are registered state (``hybridtune.neurons.StatefulNeuron``): they follow
+``.to()``, are never saved, and are cleared by ``reset_state()`` (``hybridtune.neurons.reset_state(model)``).
 
 Example:
     >>> from hybridtune.adapters.config import LIFStrategy
@@ -22,13 +23,15 @@ import math
 import torch
 from torch import Tensor, nn
 
+from hybridtune.neurons import StatefulNeuron
+
 from .config import NeuronStrategy
 
 # a learnable decay of exactly 1 has an infinite logit: start just below it
 _MAX_LEARNED_DECAY = 1.0 - 1e-4
 
 
-class BottleneckNeuron(nn.Module):
+class BottleneckNeuron(StatefulNeuron):
     """Threshold [r] and (LIF) decay [r] of one adapter, plus the carried LIF membrane ``state`` [B, r] or None."""
 
     state: Tensor | None
@@ -48,13 +51,13 @@ class BottleneckNeuron(nn.Module):
             self.decay_logit = nn.Parameter(torch.full((rank,), math.log(d / (1 - d))))
         else:
             self.register_buffer("fixed_decay", torch.full((rank,), decay))
-        self.register_buffer("state", None, persistent=False)
+        self.register_state("state")
         # spike statistics while hybridtune.accounting counts (None otherwise); each spike drives one column of
         # lora_B, so the layer sets fan_out to its out_features
         self.stats = None
         self.fan_out = 1
         # membrane at the start of the current model call, reused if gradient checkpointing recomputes the forward
-        self._call_state_in: Tensor | None = None
+        self.register_state("_call_state_in")
 
     @property
     def kind(self) -> str:
@@ -76,11 +79,6 @@ class BottleneckNeuron(nn.Module):
             self.log_threshold.copy_(theta.log())
         else:
             self.fixed_threshold.copy_(theta)
-
-    def reset_state(self) -> None:
-        """Forget the carried LIF membrane (the next call starts from zeros)."""
-        self.state = None
-        self._call_state_in = None
 
     def extra_repr(self) -> str:
         s = self.strategy

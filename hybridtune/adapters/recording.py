@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hybridtune.ops import linear_scan
+from hybridtune.ops.scan import lif_membrane
 
 from .layer import SpikingLoraLinear
 
@@ -194,7 +194,7 @@ class SpikeRecorder:
                     h = x_spk.detach() @ lora_a.t()
                     if neuron.kind == "lif":
                         decay = neuron.decay().detach().to(h.dtype)
-                        h = linear_scan(h - s * theta, decay, reset, state) + s * theta  # membrane before reset
+                        h = lif_membrane(h, s, theta, decay, reset, state)[0]  # membrane before the reset
                     record.membrane = h.to(torch.float16)
                 if self.want_outputs:
                     y = s * theta if neuron.kind == "mt" else s

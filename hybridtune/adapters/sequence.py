@@ -11,11 +11,13 @@ call the hook:
 3. builds a :class:`SequenceInfo` -- ``reset = doc_start | pad[t] | pad[t-1]`` (padding never leaks into real tokens,
    and a token right after padding starts fresh), ``valid = attention_mask[:, -T:]``, and ``carry = True`` iff the
    cache already holds tokens (a generation step continues from the stored LIF membrane, like the KV cache),
-4. stores it on every ``SpikingLoraLinear`` under the model (a plain attribute).
+4. hands it to every ``SpikingLoraLinear`` under the model for the duration of the call: a forward hook that
+   runs even when the call raises puts back what the layers held before (None outside :func:`sequence_context`).
 
-The info is *not* cleared after the call: gradient checkpointing re-runs layer forwards during backward and must see
-the same mask; the next model call replaces it. A layer uses it only when its input's ``[B, T]`` matches, so a
-stale info never applies to a differently shaped call. Code that calls the model but cannot pass ``doc_start``
+So no model call leaves its info behind. Gradient checkpointing re-runs layer forwards during backward, after the
+call: a layer keeps the info of its last differentiable call with the membrane it started from (its replay record,
+see ``SpikingLoraLinear``) and replays both. A layer uses the info only when its input's ``[B, T]`` matches.
+Code that calls the model but cannot pass ``doc_start``
 (e.g. ``hybridtune.perplexity``'s ``batch_context``), and calls that bypass the model (a layer called directly),
 use :func:`sequence_context`.
 
@@ -105,9 +107,19 @@ def spiking_layers(model: nn.Module) -> Iterator[nn.Module]:
     return (m for m in model.modules() if isinstance(m, SequenceConsumer))
 
 
-def set_sequence_info(model: nn.Module, info: SequenceInfo | None) -> None:
+def set_sequence_info(model: nn.Module, info: SequenceInfo | None) -> list[SequenceInfo | None]:
+    """Hand ``info`` to the adapter layers of ``model``; returns what each held before (for :func:`restore`)."""
     layers = getattr(model, LAYERS_ATTR, None)  # cached on a hooked model: no module walk per forward
-    for layer in spiking_layers(model) if layers is None else layers:
+    layers = list(spiking_layers(model)) if layers is None else layers
+    previous = [layer.sequence_info for layer in layers]
+    for layer in layers:
+        layer.sequence_info = info
+    return previous
+
+
+def restore_sequence_info(model: nn.Module, previous: list[SequenceInfo | None]) -> None:
+    layers = getattr(model, LAYERS_ATTR, None)
+    for layer, info in zip(list(spiking_layers(model)) if layers is None else layers, previous):
         layer.sequence_info = info
 
 
@@ -135,13 +147,15 @@ def sequence_info_from_call(arguments: dict) -> SequenceInfo | None:
 
 
 def install_sequence_hook(hf_model: nn.Module) -> None:
-    """Attach the pre-hook to ``hf_model`` (idempotent) and (re)list its adapter layers. ``hf_model`` is the
+    """Attach the pre-hook and the restoring hook to ``hf_model`` (idempotent) and (re)list its adapter layers.
+    ``hf_model`` is the
     transformers model the adapters live in (``peft_model.base_model.model``); call again after adding adapters
     on new target modules (the spiking peft model's ``add_adapter`` / ``load_adapter`` do)."""
     object.__setattr__(hf_model, LAYERS_ATTR, list(spiking_layers(hf_model)))
     if getattr(hf_model, HOOK_ATTR, None) is not None:
         return
     signature = inspect.signature(hf_model.forward)
+    outer: list[list[SequenceInfo | None]] = []  # what the layers held before each call in flight (re-entrant calls)
 
     def pre_hook(module: nn.Module, args: tuple, kwargs: dict):
         doc_start = kwargs.pop("doc_start", None)
@@ -159,10 +173,15 @@ def install_sequence_hook(hf_model: nn.Module) -> None:
             if ref is not None and tuple(pending.shape) == tuple(ref.shape[:2]):
                 doc_start = pending
         arguments["doc_start"] = doc_start
-        set_sequence_info(module, sequence_info_from_call(arguments))
+        outer.append(set_sequence_info(module, sequence_info_from_call(arguments)))
         return args, kwargs
 
+    def post_hook(module: nn.Module, args: tuple, kwargs: dict, output):
+        if outer:
+            restore_sequence_info(module, outer.pop())
+
     handle = hf_model.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    hf_model.register_forward_hook(post_hook, with_kwargs=True, always_call=True)
     setattr(hf_model, HOOK_ATTR, handle)
 
 
@@ -196,10 +215,10 @@ def sequence_context(model: nn.Module, attention_mask: Tensor | None = None, doc
     hooked = [m for m in model.modules() if getattr(m, HOOK_ATTR, None) is not None]
     for module in hooked:
         setattr(module, PENDING_ATTR, doc_start)
-    set_sequence_info(model, info)
+    previous = set_sequence_info(model, info)
     try:
         yield info
     finally:
         for module in hooked:
             setattr(module, PENDING_ATTR, None)
-        set_sequence_info(model, None)
+        restore_sequence_info(model, previous)

@@ -29,16 +29,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hybridtune.continual.config import load_continual_config
     from hybridtune.continual.strategies import build_strategies
     from hybridtune.continual.trainer import check_strategies
 
+    from ..config import load_config
     from ..config_schema import ConfigError
     from ..preflight import preflight
     from ..trainers.loop import process_state
     from .train import cli_overrides
 
-    cfg, section = load_continual_config(args.config, cli_overrides(args))
+    cfg = load_config(args.config, cli_overrides(args))  # the same RunConfig as train / validate
+    section = cfg.continual
     try:  # the checks `hybridtune validate` runs, before any model is loaded
         preflight(cfg, world_size=process_state().num_processes)
         check_strategies(build_strategies(section, cfg.trainer.seed), cfg.trainer.batch_size)
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from hybridtune.continual.pipeline import format_matrix, run_continual
 
-    report = run_continual(cfg, section, echo=print, use_cache=not args.no_cache)
+    report = run_continual(cfg, echo=print, use_cache=not args.no_cache)
     if process_state().is_main_process:
         print(format_matrix(report))
     return 0

@@ -28,7 +28,7 @@ def shape_key(trainer: Any) -> str:
     learners = "+".join(s.name for s in cfg.learners)
     return (f"{cfg.model.name}|{cfg.model.dtype}|block{cfg.data.block_size}|batch{cfg.trainer.batch_size}|"
             f"r{cfg.adapter.r}|{','.join(cfg.adapter.target_modules)}|{learners}|{acc.device.type}|"
-            f"x{acc.num_processes}|ckpt{cfg.trainer.gradient_checkpointing}")
+            f"x{acc.num_processes}|ckpt{cfg.trainer.gradient_checkpointing}|{cfg.trainer.sharding}")
 
 
 def _duration(seconds: float) -> str:

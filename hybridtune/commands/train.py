@@ -10,12 +10,10 @@ sets ``trainer.output_dir``. Multi-process runs use the same command under a lau
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from typing import Any
 
-# key.sub=value or --key.sub=value; a bare --flag is not an override
-_OVERRIDE = re.compile(r"^(--)?[A-Za-z_][\w-]*(\.[\w-]+)*=")
+from ..config.overrides import is_override
 
 EPILOG = """overrides: key.sub=value or --key.sub=value, applied in order on top of the config, e.g.
   trainer.steps=200 learners.0.lr=5e-4 --data.train=./my_notes/ tracking.backend=none"""
@@ -32,9 +30,9 @@ def accept_overrides(parser: argparse.ArgumentParser) -> None:
 
     def parse_known_args(args=None, namespace=None):
         namespace, extras = original(args, namespace)
-        overrides = [a for a in extras if _OVERRIDE.match(a)]
+        overrides = [a for a in extras if is_override(a)]
         namespace.overrides = list(getattr(namespace, "overrides", [])) + overrides
-        return namespace, [a for a in extras if not _OVERRIDE.match(a)]
+        return namespace, [a for a in extras if not is_override(a)]
 
     parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
     parser.epilog = EPILOG

@@ -16,27 +16,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config, read_yaml, to_dict
+    from hybridtune.continual.strategies import build_strategies
+    from hybridtune.continual.trainer import check_strategies
+
+    from ..config import load_config, to_dict
     from ..config_schema import ConfigError
     from ..preflight import preflight
 
-    overrides = list(args.overrides)
-    data = read_yaml(args.config) or {}
-    if "continual" in data or any(o.lstrip("-").startswith("continual.") for o in overrides):
-        # a `hybridtune continual` config: its continual section is read beside the run config
-        from hybridtune.continual.config import load_continual_config
-
-        cfg, section = load_continual_config(args.config, overrides)
-        resolved = {**to_dict(cfg), "continual": to_dict(section)}
-    else:
-        cfg = load_config(args.config, overrides)
-        resolved = to_dict(cfg)
+    cfg = load_config(args.config, list(args.overrides))  # the RunConfig train and continual read, continual included
     try:
         checked = preflight(cfg)
+        # what `hybridtune continual` checks too (the default continual section always passes)
+        check_strategies(build_strategies(cfg.continual, cfg.trainer.seed), cfg.trainer.batch_size)
     except ConfigError as exc:
         raise exc.with_source(exc.source or args.config) from None
     if args.show:
-        print(yaml.safe_dump(resolved, sort_keys=False), end="")
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     for note in checked.notes:
         print(note)
     print(f"{args.config}: valid")

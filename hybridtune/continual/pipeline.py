@@ -7,9 +7,9 @@ The pieces are the domain-adaptation pipeline's (:func:`hybridtune.trainers.doma
 trains the same model on the same blocks as ``hybridtune train`` would.
 
 Example:
-    >>> from hybridtune.continual.config import load_continual_config
-    >>> cfg, cont = load_continual_config("configs/continual/shared.yaml", ["trainer.steps=2"])  # doctest: +SKIP
-    >>> report = run_continual(cfg, cont)                                                     # doctest: +SKIP
+    >>> from hybridtune.config import load_config
+    >>> cfg = load_config("configs/continual/shared.yaml", ["trainer.steps=2"])  # doctest: +SKIP
+    >>> report = run_continual(cfg)                                                           # doctest: +SKIP
     >>> sorted(report["metrics"])[:3]                                                          # doctest: +SKIP
     ['avg_final_nll', 'avg_final_ppl', 'avg_final_ppl_all_domains']
 """
@@ -31,9 +31,11 @@ from hybridtune.continual.strategies import build_strategies
 from hybridtune.continual.trainer import ContinualTrainer, check_strategies
 
 
-def run_continual(cfg: RunConfig, section: ContinualSection, *, echo: Callable[[str], None] | None = None,
-                  use_cache: bool = True) -> dict[str, Any]:
-    """The whole job (see the module docstring); returns the report also written to ``report.json``."""
+def run_continual(cfg: RunConfig, section: ContinualSection | None = None, *,
+                  echo: Callable[[str], None] | None = None, use_cache: bool = True) -> dict[str, Any]:
+    """The whole job (see the module docstring); returns the report also written to ``report.json``.
+    ``section``: the ``continual`` settings (default: ``cfg.continual``)."""
+    section = cfg.continual if section is None else section
     from accelerate.utils import set_seed
 
     from hybridtune.models import ModelLoadError, load_model, load_tokenizer, resolve_source

@@ -3,7 +3,7 @@
 Example:
     >>> import hybridtune.conversion as hc
     >>> from hybridtune.testing import tiny_model, tiny_batch
-    >>> snn = hc.convert(tiny_model("qwen3"), hc.ConversionConfig(coverage=("ffn_act",)))
+    >>> snn = hc.convert(tiny_model("qwen3"), hc.ConversionConfig(coverage=("ffn_act",), compensation=False))
     >>> snn.generate(tiny_batch()["input_ids"][:1, :4], max_new_tokens=3, do_sample=False).shape
     torch.Size([1, 7])
 """
@@ -20,7 +20,7 @@ from hybridtune.conversion.api import (
 )
 from hybridtune.conversion.attention import ATTN_IMPLEMENTATION, SpikingAttention, register_attention
 from hybridtune.conversion.calibration import calibration_ids
-from hybridtune.conversion.config import COVERAGE_LEVELS, ConversionConfig, from_section
+from hybridtune.conversion.config import COVERAGE_LEVELS, ConversionConfig
 from hybridtune.conversion.evaluate import evaluate_spiking, spiking_report, summary_line
 from hybridtune.conversion.modules import ThresholdNorm, attach_output_encoder, make_encoder, output_encoder
 from hybridtune.conversion.moe import SpikingMoE
@@ -57,7 +57,6 @@ __all__ = [
     "convert",
     "convert_from_config",
     "evaluate_spiking",
-    "from_section",
     "get_recipe",
     "is_converted",
     "load_spiking",

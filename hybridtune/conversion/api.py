@@ -2,7 +2,7 @@
 
 Example:
     >>> from hybridtune.testing import tiny_model, tiny_batch
-    >>> snn = convert(tiny_model("llama"), ConversionConfig(coverage=("ffn_act", "linear_inputs")))
+    >>> snn = convert(tiny_model("llama"), ConversionConfig(coverage=("ffn_act", "linear_inputs"), compensation=False))
     >>> out = snn(**tiny_batch(), labels=tiny_batch()["input_ids"])
     >>> out.logits.shape, any(p.requires_grad for p in snn.parameters())
     (torch.Size([2, 16, 256]), False)
@@ -16,7 +16,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from hybridtune.conversion.calibration import calibration_ids, resolve_calib
-from hybridtune.conversion.config import ConversionConfig, from_section
+from hybridtune.conversion.config import ConversionConfig
 from hybridtune.conversion.outliers import get_outliers
 from hybridtune.conversion.plan import Plan
 from hybridtune.conversion.recipe import CalibrationState, get_recipe
@@ -69,12 +69,16 @@ def convert(model: nn.Module, config: ConversionConfig | None = None, calib: Any
 
     Args:
         model: a causal LM whose ``config.model_type`` has a registered recipe (or pass ``recipe``).
-        config: a :class:`ConversionConfig` (default: FFN activations + all linear inputs, base-2 graded spikes,
-            per-token threshold mean|v|/8).
+        config: a :class:`ConversionConfig` (default ``ConversionConfig()``, the same as ``hybridtune convert``
+            and the trainer: FFN activations + all linear inputs, base-2 graded spikes, per-token threshold
+            mean|v|/8, expectation compensation).
         calib: calibration data when the config needs it (static thresholds, compensation or calibrated outlier
             strategies such as ``channel_scale``): a token tensor,
-            a ``Corpus``, a corpus name or text (the latter three need ``tokenizer``). The first
-            ``config.calib_tokens`` tokens (train split of a corpus) are used, so calibration is deterministic.
+            a ``Corpus``, a corpus name or text (the latter three need ``tokenizer``). None: the corpus
+            ``config.calib_data``. The first ``config.calib_tokens`` tokens (train split of a corpus) are used, so
+            calibration is deterministic.
+        tokenizer: tokenises text calibration data; None: the tokenizer of the model's name when
+            :func:`hybridtune.load_model` loaded it.
         recipe: override the family's registered recipe.
         state: a calibration state to apply instead of calibrating (``load_spiking`` uses this).
 
@@ -100,10 +104,13 @@ def convert(model: nn.Module, config: ConversionConfig | None = None, calib: Any
     else:
         ids = None
         if needs_calibration(config):
+            calib = config.calib_data if calib is None else calib
             if calib is None:
                 raise ValueError(f"conversion ({config.label}) needs calibration data: pass calib=<token tensor, "
-                                 "Corpus or corpus name> (and tokenizer= for text)")
+                                 "Corpus or corpus name> (and tokenizer= for text), or set calib_data")
             calib = resolve_calib(calib)
+            if tokenizer is None and not isinstance(calib, Tensor):
+                tokenizer = _own_tokenizer(model, config)
             block = min(config.calib_block, _max_positions(model))
             ids = calibration_ids(calib, config.calib_tokens, block, tokenizer)
             calibration = {"tokens": int(ids.numel()), "block": int(ids.shape[1]), "source": _describe(calib)}
@@ -123,6 +130,19 @@ def convert(model: nn.Module, config: ConversionConfig | None = None, calib: Any
     setattr(model, INFO_ATTR, ConversionInfo(config, family, fingerprint, plan, state, calibration,
                                              getattr(model, "hybridtune_source", None)))
     return model
+
+
+def _own_tokenizer(model: nn.Module, config: ConversionConfig) -> Any:
+    """The tokenizer of the name :func:`hybridtune.load_model` loaded ``model`` from (read, not stored)."""
+    from hybridtune.models import load_tokenizer
+
+    name = getattr(model, "hybridtune_name", None)
+    if name is None:
+        raise ValueError(f"conversion ({config.label}) calibrates on text ({config.calib_data!r}) but this model was "
+                         "not loaded with hybridtune.load_model, so its tokenizer is unknown: pass tokenizer=..., or "
+                         "calib=<token ids tensor>, or ConversionConfig(compensation=False) for a conversion that "
+                         "needs no calibration")
+    return load_tokenizer(name)
 
 
 def _max_positions(model: nn.Module) -> int:
@@ -146,23 +166,13 @@ def _describe(calib: Any) -> str:
 
 
 def convert_from_config(model: nn.Module, section: Any, *, calib: Any = None, tokenizer: Any = None) -> nn.Module:
-    """Convert with the run config's ``conversion`` section (or a ``ConversionConfig`` / dict).
-
-    When calibration is needed and ``calib`` is None, the section's ``calib_data`` corpus is used (train split),
-    tokenised with ``tokenizer``.
+    """Convert with the run config's ``conversion`` section (a ``ConversionConfig``) or a dict of its fields.
 
     Example:
         >>> from hybridtune.testing import tiny_model
-        >>> snn = convert_from_config(tiny_model("gpt2"), {"coverage": ["ffn_act"]})
+        >>> snn = convert_from_config(tiny_model("gpt2"), {"coverage": ["ffn_act"], "compensation": False})
         >>> type(snn.transformer.h[0].mlp.c_proj).__name__
         'SpikingLinear'
     """
-    if isinstance(section, ConversionConfig):
-        config = section.validate()
-    elif isinstance(section, dict):
-        config = ConversionConfig.from_dict(section).validate()
-    else:
-        config = from_section(section)
-    if calib is None and needs_calibration(config):
-        calib = getattr(section, "calib_data", None)
-    return convert(model, config, calib=calib, tokenizer=tokenizer)
+    config = section if isinstance(section, ConversionConfig) else ConversionConfig.from_dict(section)
+    return convert(model, config.validate(), calib=calib, tokenizer=tokenizer)

@@ -5,7 +5,7 @@ Example:
     >>> from hybridtune.testing import tiny_model
     >>> from hybridtune.conversion import ConversionConfig, convert
     >>> ids = torch.randint(3, 256, (2, 16))
-    >>> out = evaluate_spiking(convert(tiny_model("llama"), ConversionConfig()), {"input_ids": ids},
+    >>> out = evaluate_spiking(convert(tiny_model("llama"), ConversionConfig(compensation=False)), {"input_ids": ids},
     ...                        ann=tiny_model("llama"))
     >>> sorted(k for k in out if k.startswith("ppl")), out["accounting"]["tokens"]
     (['ppl', 'ppl_ann', 'ppl_ratio'], 32)

@@ -15,8 +15,16 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from hybridtune.accounting import norm_cost
 from hybridtune.conversion.config import ConversionConfig
-from hybridtune.neurons import ChannelScaledThreshold, DynamicThreshold, GradedNeuron, RateCodedIF, StaticThreshold
+from hybridtune.neurons import (
+    ChannelScaledThreshold,
+    ClipFreeThreshold,
+    DynamicThreshold,
+    GradedNeuron,
+    RateCodedIF,
+    StaticThreshold,
+)
 
 # markers the accounting census reads (duck typing: accounting sits below convert and cannot import it)
 SPIKE_INPUT = "hybridtune_spike_input"  # attribute set on a module whose input is spikes (its ops are SOPs)
@@ -24,11 +32,12 @@ ELEMENTWISE_PRODUCT = "hybridtune_glu_spiking"  # set on an FFN whose gate produ
 
 
 def make_encoder(config: ConversionConfig, theta: Tensor | None = None, *, mode: str | None = None,
-                 divisor: float | None = None, scale: Tensor | None = None) -> nn.Module:
+                 divisor: float | None = None, scale: Tensor | None = None, clip_free: bool = False) -> nn.Module:
     """The encoder a site gets: a graded neuron (T = 1, K phases when ``config.phases``) or a rate-coded IF neuron.
 
     ``theta`` (``[C]`` or a scalar) gives a static threshold; None gives a dynamic per-token one with ``mode`` /
-    ``divisor`` (defaults from the config), scaled per channel by ``scale`` (``[C]``) when given.
+    ``divisor`` (defaults from the config), never saturating the bounded count when ``clip_free`` (the
+    ``clip_free`` outlier strategy), scaled per channel by ``scale`` (``[C]``) when given.
 
     Example:
         >>> make_encoder(ConversionConfig(counting="base2")).counting
@@ -39,6 +48,8 @@ def make_encoder(config: ConversionConfig, theta: Tensor | None = None, *, mode:
     else:
         mode = mode or (config.threshold_mode if config.threshold == "dynamic" else "mean_abs")
         strategy = DynamicThreshold(mode, divisor if divisor is not None else config.divisor)
+        if clip_free and config.cap is not None:
+            strategy = ClipFreeThreshold(strategy, config.cap)  # inside the channel scale: it sees v / s
         if scale is not None:
             strategy = ChannelScaledThreshold(strategy, scale)
     if config.neuron == "if":
@@ -172,6 +183,15 @@ class ThresholdNorm(nn.Module):
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y
+
+    census_counted = ("encoder",)  # the per-token threshold is the norm's own rms, counted below
+
+    def census_ops(self, args: tuple, output: Tensor, add) -> None:
+        """What the accounting census counts (``hybridtune.accounting.CountsOwnOps``): the norm the ANN computes;
+        the spiking side still computes the per-token rms (and mean) that adapts the threshold."""
+        e = args[0].numel()
+        ann_mac, ann_ac = norm_cost(self.norm_type, e)
+        add("norm", ann_mac=ann_mac, ann_ac=ann_ac, snn_mac=e, snn_ac=e if self.centred else 0.0)
 
     def extra_repr(self) -> str:
         return f"norm={self.norm_type}, centred={self.centred}"

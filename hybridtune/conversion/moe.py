@@ -67,5 +67,18 @@ class SpikingMoE(nn.Module):
         self.routed_rows = routed
         return out, logits
 
+    census_counted: tuple[str, ...] = ()  # the router and the encoders count themselves
+
+    def census_ops(self, args: tuple, output: tuple, add) -> None:
+        """What the accounting census counts (``hybridtune.accounting.CountsOwnOps``): the routed experts' GEMMs and
+        gate products over the rows actually routed in this forward."""
+        rows, h = self.routed_rows, self.hidden_dim
+        i2 = self.experts.gate_up_proj.shape[-1]
+        add("moe_routing", ann_mac=rows * h)
+        add("linear:experts_gate_up", ann_mac=rows * h * i2,
+            spike_driven=bool(getattr(self, "hybridtune_spike_input", False)))
+        add("linear:experts_down", ann_mac=rows * (i2 // 2) * h, spike_driven=self.down_encoder is not None)
+        add("glu_product", ann_mac=rows * (i2 // 2), spike_driven=self.act_encoder is not None)
+
     def extra_repr(self) -> str:
         return f"experts={self.num_experts}, top_k={self.top_k}, hidden={self.hidden_dim}"

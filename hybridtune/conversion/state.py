@@ -7,7 +7,7 @@ to a temporary sibling and renamed into place, so a crash never leaves a half-wr
 Example:
     >>> import tempfile, torch
     >>> from hybridtune.testing import tiny_model, tiny_batch
-    >>> snn = convert(tiny_model("llama"), ConversionConfig())
+    >>> snn = convert(tiny_model("llama"), ConversionConfig(compensation=False))
     >>> d = tempfile.mkdtemp()
     >>> _ = save_spiking(snn, d + "/snn")
     >>> again = load_spiking(tiny_model("llama"), d + "/snn")

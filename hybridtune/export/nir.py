@@ -26,7 +26,7 @@ graph's metadata (``metadata["hybridtune"]``, a JSON string) and returned, never
 Example:
     >>> import hybridtune.conversion as hc
     >>> from hybridtune.testing import tiny_model
-    >>> graph, left_out = export_block(hc.convert(tiny_model("llama")), 0)
+    >>> graph, left_out = export_block(hc.convert(tiny_model("llama"), hc.ConversionConfig(compensation=False)), 0)
     >>> sorted(graph.nodes)[:2], any("softmax" in item for item in left_out)
     (['mlp.down_proj', 'mlp.gate_proj'], True)
 """

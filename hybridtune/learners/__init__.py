@@ -21,11 +21,13 @@ from .protocol import (
     Learner,
     Observation,
     OptimDefaults,
+    ParameterOwner,
     ParamSpec,
     SetupContext,
     apply_update,
     check_learner,
     mean_across_ranks,
+    owned_parameters,
 )
 from .registry import (
     ENTRY_POINT_GROUP,
@@ -41,5 +43,5 @@ __all__ = [
     "Learner", "Observation", "OptimDefaults", "ParamSpec", "SetupContext", "apply_update", "check_learner",
     "mean_across_ranks", "ParameterGroupError", "assign_parameters", "split_parameters", "ENTRY_POINT_GROUP",
     "UnknownLearnerError", "available_learners", "get_factory", "learner", "register_learner", "SurrogateLearner",
-    "build_scheduler", "resolve_optimizer", "gradient_alignment",
+    "build_scheduler", "resolve_optimizer", "gradient_alignment", "ParameterOwner", "owned_parameters",
 ]

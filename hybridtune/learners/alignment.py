@@ -37,7 +37,7 @@ from contextlib import ExitStack
 import torch
 from torch import Tensor, nn
 
-from .protocol import Learner, Observation
+from .protocol import Learner, Observation, owned_parameters
 
 __all__ = ["gradient_alignment", "parameter_group"]
 
@@ -52,7 +52,10 @@ def parameter_group(name: str) -> str:
 def _owned(learners: Sequence[Learner]) -> dict[str, nn.Parameter]:
     owned: dict[str, nn.Parameter] = {}
     for lr in learners:
-        params = getattr(lr, "_params", None)
+        try:
+            params = owned_parameters(lr)
+        except TypeError as err:
+            raise TypeError(f"gradient_alignment: {err}") from None
         if not params:
             raise ValueError(f"gradient_alignment: learner {getattr(lr, 'name', lr)!r} has no parameters; call its "
                              "setup (or build a Trainer) first")

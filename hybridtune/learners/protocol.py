@@ -15,6 +15,10 @@ updates them. The trainer drives every learner through the same calls, in this o
 when the inf/NaN guard skips a step. ``state_dict`` / ``load_state_dict`` carry everything needed to resume the same
 trajectory (optimizer and scheduler state, traces, baselines) as tensors or plain data.
 
+Two optional members: ``owned_parameters()`` (:class:`ParameterOwner`: the parameters a learner owns, for diagnostics)
+and ``save_pretrained(directory)`` (what the adapter was trained with and should travel with it, written beside the
+adapter by :func:`save_beside_adapter`).
+
 Local (no-grad) rules must keep replicas identical under DDP: average the update across ranks with
 :func:`mean_across_ranks` before applying it (:func:`apply_update`), once per ``step``.
 
@@ -30,9 +34,11 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, Union, runtime_checkable
 
 import torch
@@ -108,6 +114,40 @@ class Learner(Protocol):
     def metrics(self) -> dict[str, float]: ...
 
 
+@runtime_checkable
+class ParameterOwner(Protocol):
+    """An optional part of the learner surface: the parameters it owns, by name, once ``setup`` ran.
+
+    Diagnostics that must look at a learner's parameters from outside (e.g.
+    :func:`hybridtune.learners.alignment.gradient_alignment`) read them here instead of the learner's private state.
+    Return the live parameters (not copies), empty before ``setup``.
+    """
+
+    def owned_parameters(self) -> Mapping[str, torch.nn.Parameter]: ...
+
+
+def owned_parameters(learner: Any) -> dict[str, torch.nn.Parameter]:
+    """The parameters ``learner`` owns (see :class:`ParameterOwner`); a TypeError if it does not say."""
+    if not isinstance(learner, ParameterOwner):
+        raise TypeError(f"{type(learner).__name__} does not name its parameters: implement owned_parameters() "
+                        f"(see hybridtune.learners.protocol.ParameterOwner)")
+    return dict(learner.owned_parameters())
+
+
+def save_beside_adapter(learners: Sequence[Any], directory: str | os.PathLike) -> list[Path]:
+    """Let each learner that keeps something an adapter was trained with write it into the adapter's
+    ``save_pretrained`` directory (an optional ``save_pretrained(directory)`` method returning the file written, or
+    None; e.g. ``eprop``'s random feedback matrices). Returns the files written. Call it where the adapter is saved,
+    on the process that writes the adapter."""
+    written = []
+    for lrn in learners:
+        save = getattr(lrn, "save_pretrained", None)
+        path = save(directory) if callable(save) else None
+        if path is not None:
+            written.append(Path(path))
+    return written
+
+
 def check_learner(obj: Any, where: str = "learner") -> Learner:
     """Return ``obj`` if it implements :class:`Learner`, else a TypeError naming the missing members."""
     members = ("name", "params", "uses_backward", "setup", "recording", "observe", "step", "reset", "state_dict",
@@ -145,5 +185,5 @@ def apply_update(params: Mapping[str, torch.nn.Parameter], deltas: Mapping[str, 
     return total ** 0.5
 
 
-__all__ = ["Learner", "ParamSpec", "OptimDefaults", "SetupContext", "Observation", "check_learner",
-           "mean_across_ranks", "apply_update"]
+__all__ = ["Learner", "ParamSpec", "OptimDefaults", "SetupContext", "Observation", "ParameterOwner",
+           "owned_parameters", "save_beside_adapter", "check_learner", "mean_across_ranks", "apply_update"]

@@ -150,6 +150,10 @@ class SurrogateLearner:
         self._last = {"lr": lr, "grad_norm": norm}
         return applied
 
+    def owned_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The parameters this learner owns, by name (empty before ``setup``)."""
+        return dict(self._params)
+
     def reset(self) -> None:
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)

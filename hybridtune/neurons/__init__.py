@@ -31,14 +31,16 @@ from .functional import (
     spike_count,
 )
 from .graded import GradedNeuron
-from .lif import IFNeuron, LIFNeuron, RateCodedIF, reset_state
+from .lif import IFNeuron, LIFNeuron, RateCodedIF
 from .linear import SpikingLinear
 from .registry import available_neurons, make_neuron, register_neuron
+from .stateful import StatefulNeuron, reset_state
 from .stats import SpikeStats, recomputing, record_spikes
 from .surrogates import Surrogate, available_surrogates, get_surrogate, register_surrogate
 from .thresholds import (
     ChannelCalibrator,
     ChannelScaledThreshold,
+    ClipFreeThreshold,
     DynamicThreshold,
     StaticThreshold,
     ThresholdStrategy,
@@ -48,6 +50,7 @@ from .thresholds import (
 __all__ = [
     "ChannelCalibrator",
     "ChannelScaledThreshold",
+    "ClipFreeThreshold",
     "ENCODINGS",
     "DynamicThreshold",
     "GradedNeuron",
@@ -56,6 +59,7 @@ __all__ = [
     "RateCodedIF",
     "SpikeStats",
     "SpikingLinear",
+    "StatefulNeuron",
     "StaticThreshold",
     "Surrogate",
     "ThresholdStrategy",

@@ -1,7 +1,7 @@
-"""Stateful IF / LIF neurons (soft reset) for the T > 1 rate-coding baseline, and the state-reset walker.
+"""Stateful IF / LIF neurons (soft reset) for the T > 1 rate-coding baseline.
 
-State is a non-persistent buffer per module (it follows ``.to()`` and is not saved); ``reset_state(model)`` walks
-``model.modules()``. There is no class-level registry of instances.
+The membrane ``v`` is registered state (:class:`~hybridtune.neurons.stateful.StatefulNeuron`): a non-persistent
+buffer that follows ``.to()``, is never saved and is forgotten by ``reset_state()`` / ``reset_state(model)``.
 
 Example:
     >>> import torch
@@ -21,14 +21,17 @@ import torch
 from torch import Tensor, nn
 
 from .functional import if_rate_count, lif_sequence, lif_step
+from .stateful import StatefulNeuron, reset_state
 from .stats import SpikeStats, record_spikes
 from .surrogates import get_surrogate
 from .thresholds import ThresholdStrategy
 
+__all__ = ["IFNeuron", "LIFNeuron", "RateCodedIF", "reset_state"]
+
 STEP_MODES = ("single", "multi")
 
 
-class LIFNeuron(nn.Module):
+class LIFNeuron(StatefulNeuron):
     """Leaky integrate-and-fire with soft reset: ``v = decay * v + x; s = H(v - theta); v -= s * theta``.
 
     ``step_mode="single"``: one call = one time step, membrane carried in ``self.v`` across calls (reset with
@@ -64,13 +67,9 @@ class LIFNeuron(nn.Module):
             detach_reset
         self.surrogate_name = surrogate
         self._surrogate = None if surrogate is None else get_surrogate(surrogate, slope)
-        self.register_buffer("v", None, persistent=False)
+        self.register_state("v")
         self.stats: SpikeStats | None = None
         self.fan_out: int = 1
-
-    def reset_state(self) -> None:
-        """Forget the membrane (the next call starts from rest)."""
-        self.v = None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.step_mode == "single":
@@ -136,20 +135,3 @@ class RateCodedIF(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_steps={self.num_steps}"
-
-
-def reset_state(model: nn.Module) -> int:
-    """Call ``reset_state()`` on every submodule of ``model`` (itself included) that has one; returns how many.
-
-    Example:
-        >>> net = torch.nn.Sequential(IFNeuron(), torch.nn.Linear(2, 2), LIFNeuron())
-        >>> reset_state(net)
-        2
-    """
-    n = 0
-    for m in model.modules():
-        fn = getattr(m, "reset_state", None)
-        if callable(fn):
-            fn()
-            n += 1
-    return n

@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .scan import lif_scan, linear_scan, reverse_linear_scan
+from .scan import lif_membrane, lif_scan, reverse_linear_scan
 
 NEURONS = ("heaviside", "mt", "lif")
 
@@ -110,8 +110,7 @@ def bottleneck_backward(h: Tensor, spikes: Tensor, grad_y: Tensor, grad_spikes: 
         return grad_h, grad_theta, None, None
     # lif: rebuild the membrane from the spikes with one linear scan, then run the adjoint scan backwards
     dec = as_dtype(decay, h.dtype)
-    v_post = linear_scan(h - spikes * theta, dec, reset, state)  # membrane after the soft reset
-    v_pre = v_post + spikes * theta
+    v_pre, v_post = lif_membrane(h, spikes, theta, dec, reset, state)  # before / after the soft reset
     g_s = grad_y if grad_spikes is None else grad_y + grad_spikes
     c = g_s * surrogate_grad(surrogate, slope, v_pre - theta)  # dL/dv_pre through this step's own spike
     c_in = c

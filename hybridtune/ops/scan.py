@@ -5,10 +5,17 @@ current ``h`` for every token comes from one GEMM beforehand and the loop only d
 ``[B, r]`` slice. Everything the backward needs is a *linear* recurrence (the soft reset is detached, as in
 snnTorch), ``v[t] = a[t] * v[t-1] + u[t]`` with ``a[t] = decay * (1 - cut[t])``.
 
-Two implementations each, same arithmetic: torch (any device, traceable: the linear scan is chunked with a small
-lower-triangular decay matrix per chunk instead of a loop over tokens) and NumPy for plain CPU float tensors -- a
+Two implementations each, same arithmetic: torch (any device, traceable) and NumPy for plain CPU float tensors -- a
 NumPy ufunc on a tiny array costs about a third of a torch op's dispatch, and these loops are nothing but tiny ops
 (``lif_scan`` / ``linear_scan`` pick NumPy on CPU outside autograd and tracing).
+
+:func:`decay_scan` is the package's one exact parallel scan of a decaying recurrence (the torch linear scan here and
+the plastic learners' traces both use it): ``x[t] = a[t] x[t-1] + u[t]`` with ``a[t] = 0`` at a reset, ``1`` at a
+masked (padding) position and ``λ`` otherwise. The textbook prefix form ``λ^t Σ_k λ^-k u[k]`` overflows
+(``λ^-4096 = inf`` in float32 at λ = exp(-1/4)); here no negative power is ever formed: inside a chunk of c tokens
+the scan is a GEMM with ``M[t,k] = λ^(n(t)-n(k)) [k <= t][no reset in (k, t]]`` (n = running count of real tokens,
+so every entry is in [0, 1]); the chunk-final states are combined by the same construction one level up. Cost
+``O(B L c C + B nC² C)``; with ``c ≈ sqrt(L)`` both levels are small GEMMs.
 
 Example:
     >>> import torch
@@ -19,6 +26,8 @@ Example:
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -34,6 +43,87 @@ def scan_chunk(bsz: int, rank: int) -> int:
     while chunk > SCAN_MIN_CHUNK and bsz * chunk * chunk * rank > SCAN_BUDGET:
         chunk //= 2
     return chunk
+
+
+def auto_chunk(length: int) -> int:
+    """Chunk length of :func:`decay_scan` for one shared decay: c ≈ sqrt(L) balances the c x c in-chunk GEMM
+    against the nC x nC chunk-level GEMM."""
+    c = 1 << max(0, math.ceil(0.5 * math.log2(max(1, length))))
+    return min(256, max(16, c))
+
+
+def _decay_matrix(lam: Tensor, expo: Tensor, keep: Tensor) -> Tensor:
+    """``λ^expo`` where ``keep``, else 0: ``[..., t, k]`` for one λ, ``[..., t, k, C]`` for one per channel."""
+    zero = torch.zeros((), dtype=lam.dtype, device=lam.device)
+    if lam.dim() == 0:
+        return torch.where(keep, torch.pow(lam, expo), zero)
+    return torch.where(keep[..., None], torch.pow(lam, expo[..., None]), zero)
+
+
+def _apply(mat: Tensor, u: Tensor) -> Tensor:
+    """``mat [..., t, k]`` (or ``[..., t, k, C]``) applied to ``u [..., k, C]``."""
+    return mat @ u if mat.dim() == u.dim() else torch.einsum("...tkc,...kc->...tc", mat, u)
+
+
+def _gain(lam: Tensor, expo: Tensor, keep: Tensor) -> Tensor:
+    """``λ^expo`` where ``keep``, else 0, shaped to scale ``[..., C]`` rows."""
+    gain = _decay_matrix(lam, expo, keep)
+    return gain if lam.dim() else gain[..., None]
+
+
+def decay_scan(u: Tensor, decay: Tensor, *, reset: Tensor | None = None, valid: Tensor | None = None,
+               initial: Tensor | None = None, inclusive: bool = True, chunk: int | None = None) -> Tensor:
+    """Exact chunked parallel scan of ``x[t] = a[t] x[t-1] + u[t]`` (see the module docstring), ``x[-1] = initial``.
+
+    ``u``: ``[B, L, C]`` (already zero where ``valid`` is False); ``decay``: a 0-d λ or one per channel ``[C]``, in
+    [0, 1]; ``reset`` / ``valid``: ``[B, L]`` bool or None (no resets / all valid); ``initial``: ``[B, C]`` or None
+    (zeros). ``inclusive=False`` returns ``x[t] - u[t]``. ``chunk`` defaults to ≈ sqrt(L) for one λ, to a
+    memory-bounded length for per-channel decays.
+
+    Example:
+        >>> decay_scan(torch.ones(1, 3, 1), torch.tensor(0.5)).flatten().tolist()
+        [1.0, 1.5, 1.75]
+    """
+    bsz, length, ch = u.shape
+    dtype, dev = u.dtype, u.device
+    lam = decay.to(dtype)
+    valid = torch.ones(bsz, length, dtype=torch.bool, device=dev) if valid is None else valid
+    reset = torch.zeros(bsz, length, dtype=torch.bool, device=dev) if reset is None else reset
+    if chunk is None:
+        chunk = auto_chunk(length) if lam.dim() == 0 else scan_chunk(bsz, ch)
+    pad = (-length) % chunk
+    if pad:
+        # Padded tail = masked positions: no input, no decay, so it cannot change any real value.
+        u = torch.nn.functional.pad(u, (0, 0, 0, pad))
+        valid = torch.nn.functional.pad(valid, (0, pad), value=False)
+        reset = torch.nn.functional.pad(reset, (0, pad), value=False)
+    n_chunks = (length + pad) // chunk
+    u = u.reshape(bsz, n_chunks, chunk, ch)
+    valid = valid.reshape(bsz, n_chunks, chunk)
+    reset = reset.reshape(bsz, n_chunks, chunk)
+
+    # Level 1: inside each chunk. n(t) = real tokens in [chunk start, t]; seg(t) = resets in [chunk start, t].
+    n = valid.cumsum(-1).to(dtype)
+    seg = reset.cumsum(-1)
+    keep = torch.ones(chunk, chunk, dtype=torch.bool, device=dev).tril(0 if inclusive else -1)
+    keep = keep & (seg[..., :, None] == seg[..., None, :])
+    x = _apply(_decay_matrix(lam, (n[..., :, None] - n[..., None, :]).clamp_min(0), keep), u)  # [B, nC, c, C]
+    # Gain from the state entering the chunk to position t: λ^n(t) if no reset in [chunk start, t], else 0.
+    gain = _gain(lam, n, seg == 0)
+
+    # Level 2: carry between chunks, h_j = G_j h_{j-1} + E_j, solved by the same decay-matrix construction.
+    end = x[:, :, -1, :] if inclusive else x[:, :, -1, :] + u[:, :, -1, :]  # E_j: inclusive end state, zero init
+    count = n[:, :, -1]
+    has_reset = (seg[:, :, -1] > 0).long()
+    c_incl, r_incl = count.cumsum(-1), has_reset.cumsum(-1)
+    c_prev, r_prev = c_incl - count, r_incl - has_reset  # C(j-1), R(j-1)
+    strict = torch.ones(n_chunks, n_chunks, dtype=torch.bool, device=dev).tril(-1)
+    keep2 = strict & (r_prev[:, :, None] == r_incl[:, None, :])
+    carry = _apply(_decay_matrix(lam, (c_prev[:, :, None] - c_incl[:, None, :]).clamp_min(0), keep2), end)
+    if initial is not None:
+        carry = carry + _gain(lam, c_prev, r_prev == 0) * initial.to(dtype)[:, None, :]
+    x = x + gain * carry[:, :, None, :]
+    return x.reshape(bsz, n_chunks * chunk, ch)[:, :length]
 
 
 def lif_scan(h: Tensor, threshold: Tensor, decay: Tensor, reset: Tensor | None,
@@ -104,12 +194,26 @@ def lif_scan_numpy(h: Tensor, threshold: Tensor, decay: Tensor, reset: Tensor | 
     return spikes, torch.from_numpy(v)
 
 
+def lif_membrane(h: Tensor, spikes: Tensor, threshold: Tensor, decay: Tensor, reset: Tensor | None,
+                 state: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The LIF membrane of :func:`lif_scan` rebuilt from its spikes with one linear scan (the soft reset is linear
+    once the spikes are known): ``(v_pre, v_post)``, before and after each step's reset, ``[B, T, r]``.
+
+    Example:
+        >>> h, theta, decay = torch.tensor([[[0.6], [0.6], [0.6]]]), torch.tensor([1.0]), torch.tensor([1.0])
+        >>> s, _ = lif_scan(h, theta, decay, None, None)
+        >>> [round(v, 4) for v in lif_membrane(h, s, theta, decay, None, None)[0].flatten().tolist()]
+        [0.6, 1.2, 0.8]
+    """
+    v_post = linear_scan(h - spikes * threshold, decay, reset, state)
+    return v_post + spikes * threshold, v_post
+
+
 def linear_scan(u: Tensor, decay: Tensor, cut: Tensor | None, v0: Tensor | None) -> Tensor:
     """Solve ``v[t] = decay * (1 - cut[t]) * v[t-1] + u[t]`` for all t, with ``v[-1] = v0`` (zeros if None).
 
     ``u``: [B, T, r]; ``decay``: [r] (meant to lie in [0, 1]); ``cut``: [B, T] bool or None. The torch version is
-    chunked: inside a chunk ``v = L @ u`` with ``L[t, k] = decay^(t-k)`` while no cut lies in ``(k, t]``; the chunk's
-    last value carries into the next one (summation order differs from a loop only by float rounding).
+    :func:`decay_scan` (summation order differs from a loop only by float rounding).
     """
     if _numpy_ok(u):
         return linear_scan_numpy(u, decay, cut, v0)
@@ -117,35 +221,8 @@ def linear_scan(u: Tensor, decay: Tensor, cut: Tensor | None, v0: Tensor | None)
 
 
 def linear_scan_chunked(u: Tensor, decay: Tensor, cut: Tensor | None, v0: Tensor | None) -> Tensor:
-    """:func:`linear_scan` with torch ops, no loop over tokens (any device, traceable)."""
-    bsz, steps, rank = u.shape
-    out = torch.empty_like(u)
-    carry = v0.to(u.dtype) if v0 is not None else None
-    step = scan_chunk(bsz, rank)
-    for start in range(0, steps, step):
-        stop = min(start + step, steps)
-        chunk = stop - start
-        idx = torch.arange(chunk, device=u.device)
-        lag = (idx[:, None] - idx[None, :]).to(u.dtype)  # t - k
-        lower = idx[:, None] >= idx[None, :]
-        # decay^(t-k) per channel, zero above the diagonal; pow keeps 0^0 = 1 for decay = 0
-        powers = torch.pow(decay.to(u.dtype)[None, None, :], lag.clamp_min(0)[:, :, None]) * lower[:, :, None]
-        if cut is None:
-            mat = powers.unsqueeze(0)  # [1, C, C, r]
-            # decay^(t+1) applied to the carry
-            carry_gain = torch.pow(decay.to(u.dtype)[None, :], (idx + 1).to(u.dtype)[:, None]).unsqueeze(0)
-        else:
-            seg = torch.cumsum(cut[:, start:stop].to(torch.int32), dim=1)  # [B, C]: cuts seen up to t
-            same = seg[:, :, None] == seg[:, None, :]  # no cut in (k, t]
-            mat = powers.unsqueeze(0) * same.unsqueeze(-1).to(u.dtype)
-            carry_gain = torch.pow(decay.to(u.dtype)[None, :], (idx + 1).to(u.dtype)[:, None]).unsqueeze(0)
-            carry_gain = carry_gain * (seg == 0).unsqueeze(-1).to(u.dtype)  # a cut at or before t blocks the carry
-        block = torch.einsum("btkr,bkr->btr", mat.expand(bsz, -1, -1, -1), u[:, start:stop])
-        if carry is not None:
-            block = block + carry_gain * carry.unsqueeze(1)
-        out[:, start:stop] = block
-        carry = block[:, -1]
-    return out
+    """:func:`linear_scan` with torch ops, no loop over tokens (any device, traceable): :func:`decay_scan`."""
+    return decay_scan(u, decay, reset=cut, initial=v0)
 
 
 def linear_scan_numpy(u: Tensor, decay: Tensor, cut: Tensor | None, v0: Tensor | None) -> Tensor:

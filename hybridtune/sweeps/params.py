@@ -23,7 +23,8 @@ import random
 import re
 from typing import Any
 
-from hybridtune.config_schema import ConfigError, coerce, field_type
+from hybridtune.config import config_type, load_config, parse_override
+from hybridtune.config_schema import ConfigError, coerce
 
 GRID_DISTRIBUTIONS = ("categorical", "constant", "int_uniform", "q_uniform")
 _FLOAT_DISTRIBUTIONS = ("uniform", "log_uniform", "log_uniform_values", "inv_log_uniform", "inv_log_uniform_values",
@@ -116,25 +117,7 @@ def representative_values(spec: dict[str, Any], seed: int = 0, draws: int = 4) -
     return out
 
 
-def config_type(name: str) -> Any:
-    """Declared type of run-config key ``name`` (``learners.N.x`` addresses item N of the learners list)."""
-    from hybridtune.config import LearnerSpec, RunConfig
-
-    parts = name.split(".")
-    if parts[0] == "learners" and len(parts) > 1:
-        if not parts[1].isdigit():
-            raise ConfigError(f"learners is a list: address an item by its index, e.g. learners.0.{parts[1]}", name)
-        if len(parts) == 2:
-            return LearnerSpec
-        return field_type(LearnerSpec, ".".join(parts[2:]))
-    if any(p.isdigit() for p in parts):
-        raise ConfigError("only `learners` is a list of sections; other keys have no index", name)
-    return field_type(RunConfig, name)
-
-
 def _round_trip(name: str, tp: Any, value: Any) -> Any:
-    from hybridtune.config import parse_override
-
     try:
         expected = coerce(tp, value, name)
     except ConfigError as exc:
@@ -174,8 +157,6 @@ def check_parameters(spec, trials: list[dict[str, Any]] | None = None, seed: int
     """Fail before the first trial if a parameter is not a run-config key, a value has the wrong type or would not
     survive ``${args}``, or the resulting config is invalid (checked with :func:`hybridtune.config.load_config` on
     the sweep's base config, one parameter at a time, and on every given trial)."""
-    from hybridtune.config import load_config
-
     def named(exc: ConfigError, name: str) -> ConfigError:
         key = exc.key if exc.key.startswith(name) else name
         return ConfigError(exc.detail, f"parameters.{key}", spec.source)
@@ -224,4 +205,4 @@ def _show(combo: dict[str, Any]) -> str:
 
 
 __all__ = ["format_arg", "sample_value", "grid_values", "grid_trials", "random_trials", "representative_values",
-           "config_type", "check_parameters", "GRID_DISTRIBUTIONS"]
+           "config_type", "check_parameters", "GRID_DISTRIBUTIONS"]  # config_type: hybridtune.config's, re-exported

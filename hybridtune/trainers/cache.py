@@ -7,8 +7,8 @@ the cache; ``XDG_CACHE_HOME`` is honoured. Under several processes the main proc
 load what it saved.
 
 Example:
-    >>> from hybridtune.config import ConversionSection
-    >>> len(conversion_key(ConversionSection(compensation=False), "0123abcd"))
+    >>> from hybridtune.config import ConversionConfig
+    >>> len(conversion_key(ConversionConfig(compensation=False), "0123abcd"))
     16
 """
 
@@ -31,9 +31,9 @@ from ..paths import cache_root
 
 
 def _needs_calibration(section: Any) -> bool:
-    from hybridtune.conversion import from_section, needs_calibration
+    from hybridtune.conversion import needs_calibration
 
-    return needs_calibration(from_section(section))
+    return needs_calibration(section)
 
 
 def conversion_key(section: Any, fingerprint: str, calib_hash: str | None = None) -> str:

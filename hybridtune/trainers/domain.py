@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,8 +28,9 @@ from typing import Any
 import torch
 
 from ..config import AdapterSection, RunConfig
-from ..config_schema import ConfigError, to_dict
+from ..config_schema import ConfigError
 from ..files import FileError, atomic_write_json, fsync_tree, read_json, writing
+from ..learners.protocol import save_beside_adapter
 from .cache import cached_conversion
 from .checkpoint import STATE_FILE
 from .data import build_data, open_corpora
@@ -43,13 +43,11 @@ PIPELINE_FILE = "pipeline.json"  # what was measured before training (reused on 
 
 
 def attach_adapter(model: torch.nn.Module, section: AdapterSection) -> torch.nn.Module:
-    """Spiking LoRA from the ``adapter`` section (fields passed by name to ``spiking_lora_config``)."""
-    from ..adapters import get_spiking_peft_model, spiking_lora_config
+    """Spiking LoRA from the ``adapter`` section (every field reaches the peft config: ``adapters.lora_config``)."""
+    from ..adapters import get_spiking_peft_model, lora_config
 
-    accepted = inspect.signature(spiking_lora_config).parameters
-    kwargs = {k: v for k, v in to_dict(section).items() if k in accepted}
     try:
-        config = spiking_lora_config(**kwargs)
+        config = lora_config(section)
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc), "adapter") from None
     try:
@@ -195,9 +193,13 @@ class _Pipeline(TrainerCallback):
             if isinstance(metrics, dict) and "lr" in metrics:  # the schedule's last value is not the configured lr
                 metrics["lr_last_step"] = metrics.pop("lr")
                 metrics["lr"] = spec.lr
-        if acc.is_main_process:
+        if trainer.sharded:  # every rank joins the forward (each block's weights are gathered from all of them)
+            energy = energy_summary(trainer.unwrapped, self.eval_tensors, trainer.cfg.trainer.batch_size,
+                                    trainer.run_dir.path / "accounting" if acc.is_main_process else None)
+        elif acc.is_main_process:
             energy = energy_summary(trainer.unwrapped, self.eval_tensors, trainer.cfg.trainer.batch_size,
                                     trainer.run_dir.path / "accounting")
+        if acc.is_main_process:
             result["energy"] = energy
             per_token = {f"energy/{name}/{k}_per_token": e[k] / max(1, energy["tokens"])
                          for name, e in energy.get("energy", {}).items() for k in ("snn_pj", "ann_pj")}
@@ -206,7 +208,11 @@ class _Pipeline(TrainerCallback):
                                 trainer.state.step)
             with writing(self.facts["adapter_dir"]):
                 trainer.unwrapped.save_pretrained(self.facts["adapter_dir"], save_embedding_layers=False)
+                save_beside_adapter(trainer.learners, self.facts["adapter_dir"])  # e.g. eprop's random feedback
                 fsync_tree(self.facts["adapter_dir"])
+        elif trainer.sharded:  # the adapter's markers fingerprint the base, whose shards every rank holds
+            trainer.unwrapped.save_pretrained(self.facts["adapter_dir"], save_embedding_layers=False,
+                                              is_main_process=False)
         result["wall_seconds"] = round(time.perf_counter() - self.started, 1)
 
 

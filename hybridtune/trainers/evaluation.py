@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..accounting import count_spikes
 from ..perplexity import model_nll
 
 BatchContext = Callable[[Mapping[str, torch.Tensor]], AbstractContextManager]
@@ -49,10 +50,13 @@ def combine_contexts(*factories: BatchContext | None) -> BatchContext:
 @torch.no_grad()
 def evaluate_perplexity(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], batch_size: int = 4,
                         accelerator: Any = None, batch_context: BatchContext | None = None,
-                        keys: Sequence[str] = ("input_ids", "attention_mask")) -> dict[str, float]:
+                        keys: Sequence[str] = ("input_ids", "attention_mask"), lockstep: bool = False
+                        ) -> dict[str, float]:
     """Perplexity over ``tensors`` (``input_ids`` [N, L], ``labels``, ...), blocks split round-robin over ranks.
 
-    Returns ``{"ppl", "nll", "tokens"}`` with the global totals (identical on every rank).
+    ``lockstep``: every rank runs the same number of forwards (a sharded model gathers each block's weights from all
+    ranks); a rank with fewer blocks repeats its first one for the missing batches, uncounted (its loss and spikes
+    are dropped). Returns ``{"ppl", "nll", "tokens"}`` with the global totals (identical on every rank).
     """
     world = getattr(accelerator, "num_processes", 1) if accelerator is not None else 1
     rank = getattr(accelerator, "process_index", 0) if accelerator is not None else 0
@@ -68,6 +72,12 @@ def evaluate_perplexity(model: torch.nn.Module, tensors: Mapping[str, torch.Tens
             with batch_context(batch) if batch_context else nullcontext():
                 nll, count = model_nll(model, batch, keys)
             total += torch.stack([nll.double().sum().cpu(), count.double().cpu()])
+        if lockstep and world > 1:
+            busiest = math.ceil(math.ceil(n / world) / batch_size)  # rank 0's number of batches
+            padding = {k: v[:1] for k, v in tensors.items()}
+            for _ in range(busiest - math.ceil(len(mine) / batch_size)):
+                with count_spikes(model), batch_context(padding) if batch_context else nullcontext():
+                    model_nll(model, padding, keys)
     finally:
         model.train(was_training)
     if world > 1:

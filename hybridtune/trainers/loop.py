@@ -11,6 +11,12 @@ Skipped steps are counted and logged (``train/skipped_steps``).
 When no parameter needs a gradient (purely local learners such as STDP), the model is not wrapped in DDP (which
 refuses such a module); the learners average their updates across ranks themselves, so replicas stay identical.
 
+``trainer.sharding: fsdp`` (several processes) shards the frozen base with torch's FSDP2 (:mod:`.memory`) instead of
+wrapping the model in DDP: each rank stores 1 / N of the base, learner-owned parameters stay whole on every rank, and
+the loop averages their gradients after the last micro-batch (what DDP would have done). Every rank then runs the
+same number of forwards (FSDP gathers each block's weights from all ranks), in training and in evaluation.
+``trainer.gradient_checkpointing`` holds during :meth:`Trainer.fit` only; the model's own setting is restored after.
+
 Reliability: ``fit`` on a run that already finished (resumed after its last step) changes nothing and returns the
 report on disk, or completes a report that a kill prevented; under :func:`.interrupt.checkpoint_on_signals`
 (the CLI) SIGINT / SIGTERM end the loop at the next step boundary with a checkpoint.
@@ -60,11 +66,13 @@ from ..learners import (
 )
 from ..neurons import reset_state
 from ..perplexity import model_nll
+from ..sharding import average_gradients
 from ..tracking import NullTracker, flatten, make_tracker, read_metrics
 from ..tracking.base import keep_rows
 from . import interrupt
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from .evaluation import BatchContext, combine_contexts, count_targets, evaluate_perplexity
+from .memory import gradient_checkpointing, shard_for_training
 from .report import read_report, write_report
 from .rundir import RunDir, open_run_dir
 from .sampler import BlockSampler, DataTooSmallError, as_tensors, select
@@ -146,6 +154,8 @@ def build_learners(cfg: RunConfig) -> list[Learner]:
             out.append(learner(spec.name, params=spec.params, lr=spec.lr, **spec.options))
         except UnknownLearnerError as exc:
             raise ConfigError(str(exc), f"learners[{i}].name") from None
+        except ConfigError as exc:  # a typed option (learners.options_type): the key is options.<name>
+            raise ConfigError(exc.detail, f"learners[{i}].{exc.key}" if exc.key else f"learners[{i}]") from None
         except TypeError as exc:  # an option the factory does not take
             raise ConfigError(f"{exc}; check the learner's documented arguments", f"learners[{i}].options") from None
         except ValueError as exc:
@@ -225,14 +235,14 @@ class Trainer:
         for lr, group in zip(self.learners, groups):  # before DDP wraps: learners set requires_grad here
             lr.setup(SetupContext(model=model, accelerator=acc, params=group, total_steps=t.steps,
                                   defaults=defaults))
-        if t.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            if hasattr(model, "enable_input_require_grads"):
-                model.enable_input_require_grads()
         self.backprop = any(lr.uses_backward for lr in self.learners)
-        if acc.num_processes > 1 and not any(p.requires_grad for p in model.parameters()):
-            # purely local learners: nothing for DDP to all-reduce (it refuses such a module); the learners
-            # average their updates across ranks themselves
+        # after setup (learners may swap parameters) and before any wrapper: the owned parameters stay whole
+        self.sharded = t.sharding == "fsdp" and shard_for_training(model, self.owned.values(), acc.num_processes)
+        if t.sharding == "fsdp" and not self.sharded:
+            acc.print("trainer.sharding: fsdp on one process: nothing to shard over, the model stays whole")
+        if self.sharded or (acc.num_processes > 1 and not any(p.requires_grad for p in model.parameters())):
+            # sharded: the loop averages the owned gradients itself; purely local learners: nothing for DDP to
+            # all-reduce (it refuses such a module), the learners average their updates across ranks themselves
             self.model = acc.prepare_model(model, evaluation_mode=True)
         else:
             self.model = acc.prepare(model)
@@ -276,7 +286,7 @@ class Trainer:
         probe = self.extra_metrics(self.unwrapped) if self.extra_metrics is not None else nullcontext()
         with probe as measured:
             result = evaluate_perplexity(self.unwrapped, tensors, self.cfg.trainer.batch_size, self.accelerator,
-                                         context, self.model_keys)
+                                         context, self.model_keys, lockstep=self.sharded)
         metrics = {"eval/ppl": result["ppl"], "eval/loss": result["nll"], "eval/tokens": result["tokens"]}
         if measured is not None:
             values = measured.as_dict() if hasattr(measured, "as_dict") else dict(measured)
@@ -312,6 +322,8 @@ class Trainer:
                 for lr, rec in zip(self.learners, recordings):
                     lr.observe(Observation(batch=batch, token_nll=detached, recording=rec))
             loss_sum += batch_sum.detach().double()
+        if self.sharded and self.backprop:  # no DDP wrapper: average the whole (replicated) gradients here
+            average_gradients([p for p in self.owned.values() if p.requires_grad])
         if world > 1:
             loss_sum = acc.reduce(loss_sum, reduction="sum")
         loss = float(loss_sum) / max(n_targets, 1)
@@ -448,8 +460,12 @@ class Trainer:
         first_eval = None
         if self.eval_tensors is not None and self.state.step == 0:
             first_eval = self._evaluate_and_track()
-        with interrupt.deferred():
-            last_eval, logs = self._train_loop(first_eval)
+        was_training = self.unwrapped.training
+        try:
+            with interrupt.deferred(), gradient_checkpointing(self.unwrapped, self.cfg.trainer.gradient_checkpointing):
+                last_eval, logs = self._train_loop(first_eval)
+        finally:
+            self.unwrapped.train(was_training)  # the model's mode as it was handed over
         result = self._summary(first_eval, last_eval, logs)
         for cb in self.callbacks:  # may add entries to the summary before it is written
             cb.on_train_end(self, result)

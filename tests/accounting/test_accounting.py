@@ -87,7 +87,7 @@ def _direct_counts(model, batch):
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "llama4"])
 def test_report_spike_counts_equal_a_direct_count(family):
-    snn = convert(tiny_model(family), ConversionConfig(coverage=("ffn_act", "linear_inputs", "norms")))
+    snn = convert(tiny_model(family), ConversionConfig(coverage=("ffn_act", "linear_inputs", "norms"), compensation=False))
     batch = tiny_batch()
     direct = _direct_counts(snn, batch)
     report = energy_report(snn, batch["input_ids"], batch_size=2)
@@ -117,8 +117,8 @@ def test_census_of_an_ann_counts_linears_and_attention_exactly():
 
 def test_spiking_attention_moves_matmuls_to_sops():
     cov = ("ffn_act", "linear_inputs")
-    base = energy_report(convert(tiny_model("llama"), ConversionConfig(coverage=cov)), tiny_batch()["input_ids"])
-    attn = energy_report(convert(tiny_model("llama"), ConversionConfig(coverage=(*cov, "attention"))),
+    base = energy_report(convert(tiny_model("llama"), ConversionConfig(coverage=cov, compensation=False)), tiny_batch()["input_ids"])
+    attn = energy_report(convert(tiny_model("llama"), ConversionConfig(coverage=(*cov, "attention"), compensation=False)),
                          tiny_batch()["input_ids"])
     assert "attention_qk" in base["float_ops"] and "attention_qk" not in attn["float_ops"]
     assert "attention_qk" in attn["spike_driven_ops"]
@@ -134,7 +134,7 @@ def test_layer_labels():
 
 
 def test_write_report_json_and_pngs(tmp_path):
-    snn = convert(tiny_model("llama"), ConversionConfig())
+    snn = convert(tiny_model("llama"), ConversionConfig(compensation=False))
     report = energy_report(snn, tiny_batch()["input_ids"])
     report["points"] = [{"spikes_per_neuron": 1.8, "ppl_ratio": 1.01, "label": "/8"},
                         {"spikes_per_neuron": 2.2, "ppl_ratio": 1.001, "label": "/16"}]
@@ -159,7 +159,7 @@ def test_write_report_without_plots(tmp_path):
 def test_norms_with_encoded_outputs_are_still_counted():
     ids = tiny_batch()["input_ids"]
     ann = energy_report(tiny_model("llama"), ids)["float_ops"]["norm"]["macs"]
-    snn = energy_report(convert(tiny_model("llama"), ConversionConfig()), ids)["float_ops"]["norm"]["macs"]
+    snn = energy_report(convert(tiny_model("llama"), ConversionConfig(compensation=False)), ids)["float_ops"]["norm"]["macs"]
     assert snn == ann == 3 * 32 * 64 * (2 * 2 + 1)  # 2 norms per layer + the final norm, 3 MACs per element
 
 

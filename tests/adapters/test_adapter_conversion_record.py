@@ -17,7 +17,7 @@ from hybridtune.testing import tiny_batch, tiny_model
 
 
 def _converted(divisor: float = 8.0):
-    return convert(tiny_model("llama"), ConversionConfig(divisor=divisor))
+    return convert(tiny_model("llama"), ConversionConfig(divisor=divisor, compensation=False))
 
 
 def _adapter_on(snn, path):

@@ -17,7 +17,7 @@ from hybridtune.testing import tiny_batch, tiny_model
 
 
 def _trained_spiking(tmp_path, family="llama"):
-    snn = hc.convert(tiny_model(family), hc.ConversionConfig())
+    snn = hc.convert(tiny_model(family), hc.ConversionConfig(compensation=False))
     hc.save_spiking(snn, tmp_path / "snn")
     torch.manual_seed(0)
     model = get_spiking_peft_model(snn, spiking_lora_config(r=4, neuron="lif", target_modules=["q_proj", "down_proj"],
@@ -47,7 +47,7 @@ def test_default_model_spiking_adapter_round_trip(tmp_path, default_model):
 
     # float64: in float32, KV-cached and full attention differ by rounding (~3e-5), which can flip single graded /
     # LIF spikes of the spiking base; a flipped LIF spike then persists in the carried state
-    snn = hc.convert(copy.deepcopy(default_model).double(), hc.ConversionConfig())
+    snn = hc.convert(copy.deepcopy(default_model).double(), hc.ConversionConfig(compensation=False))
     hc.save_spiking(snn, tmp_path / "snn")
     model = get_spiking_peft_model(snn, spiking_lora_config(r=8, neuron="lif", init_b_std=0.01)).eval()
     model.save_pretrained(tmp_path / "adapter")

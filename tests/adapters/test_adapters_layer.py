@@ -61,7 +61,7 @@ def test_families_train_step(family, neuron, make_spiking):
 
 
 def test_adapter_reads_the_spiking_input():
-    snn = hc.convert(tiny_model("llama"), hc.ConversionConfig())
+    snn = hc.convert(tiny_model("llama"), hc.ConversionConfig(compensation=False))
     model = get_spiking_peft_model(snn, spiking_lora_config(r=4, neuron="mt", target_modules=["down_proj"],
                                                             init_b_std=0.05))
     layer = model.base_model.model.model.layers[0].mlp.down_proj
@@ -92,6 +92,50 @@ def test_dropout_keeps_base_exact(make_spiking):
                                  neuron.decay(), None, None, 8)
     want = layer.get_base_layer()(x) + layer.scaling["default"] * y @ layer.lora_B["default"].weight.t()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+class ShiftInput:
+    """An input perturbation: the adapter sees ``x + delta``; the base is given back its clean input."""
+
+    def __init__(self, delta: torch.Tensor):
+        self.delta, self.seen = delta, []
+
+    def perturb(self, x, info):
+        self.seen.append(info)
+        return x + self.delta
+
+    def base_correction(self, weight):
+        return -self.delta @ weight.t()
+
+
+def test_input_perturbation_reaches_only_the_adapter_and_switches_off(make_spiking):
+    model = make_spiking("llama", "mt")
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    modules_before = [n for n, _ in model.named_modules()]
+    x = torch.randn(2, 5, layer.in_features)
+    delta = 0.3 * torch.randn(layer.in_features)
+    layer.set_input_perturbation("default", ShiftInput(delta))
+    assert [n for n, _ in model.named_modules()] == modules_before  # a feature switched on, no module swapped in
+    neuron = layer.lora_neuron["default"]
+    y, _, _ = bottleneck_forward((x + delta) @ layer.lora_A["default"].weight.t(), "mt", neuron.threshold(),
+                                 neuron.decay(), None, None, 8)
+    want = layer.get_base_layer()(x) + layer.scaling["default"] * y @ layer.lora_B["default"].weight.t()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-5)
+    layer.set_input_perturbation("default", None)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), layer.get_base_layer()(x) + manual_lora(layer, x), rtol=1e-5, atol=1e-5)
+
+
+def test_input_perturbation_refuses_dropout_and_non_perturbations(make_spiking):
+    layer = make_spiking("llama", "mt", dropout=0.1).base_model.model.model.layers[0].self_attn.q_proj
+    with pytest.raises(ValueError, match="lora_dropout=0"):
+        layer.set_input_perturbation("default", ShiftInput(torch.zeros(layer.in_features)))
+    with pytest.raises(KeyError, match="no adapter 'other'"):
+        layer.set_input_perturbation("other", ShiftInput(torch.zeros(layer.in_features)))
+    clean = make_spiking("llama", "mt").base_model.model.model.layers[0].self_attn.q_proj
+    with pytest.raises(TypeError, match="InputPerturbation"):
+        clean.set_input_perturbation("default", object())
 
 
 def test_lora_bias_is_added(make_spiking):
@@ -137,7 +181,7 @@ def test_bf16_base_runs_in_base_dtype(family_targets):
 def test_an_online_input_transform_of_the_base_also_runs_under_the_adapter():
     """A conversion's online Hadamard (folded into the weight) is a pre-hook of the base layer's forward; the
     adapter's fused op bypasses that forward, so it must apply the transform itself or the model is silently wrong."""
-    snn = hc.convert(tiny_model("llama"), hc.ConversionConfig(phases=8, outliers=("hadamard_down",)))
+    snn = hc.convert(tiny_model("llama"), hc.ConversionConfig(phases=8, outliers=("hadamard_down",), compensation=False))
     batch = tiny_batch()
     with torch.no_grad():
         expected = snn(**batch).logits

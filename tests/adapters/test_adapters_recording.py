@@ -39,7 +39,7 @@ def test_records_on_plain_base(make_spiking):
 
 
 def test_records_on_spiking_base_are_counts():
-    snn = hc.convert(tiny_model("llama"), hc.ConversionConfig())
+    snn = hc.convert(tiny_model("llama"), hc.ConversionConfig(compensation=False))
     model = get_spiking_peft_model(snn, spiking_lora_config(r=4, neuron="mt", target_modules=["q_proj", "down_proj"]))
     layer = model.base_model.model.model.layers[0].mlp.down_proj
     seen = {}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,12 +14,16 @@ from safetensors.torch import load_file, save_file
 
 from hybridtune.adapters import (
     MARKER_FILE,
+    PEFT_TYPE_MARKER,
     SpikingAdapterLoadError,
     SpikingLoraConfig,
+    get_spiking_peft_model,
     load,
     read_marker,
     spiking_lora_config,
 )
+from hybridtune.adapters.config import SPIKING_LORA
+from hybridtune.adapters.model import SpikingLoraModel
 from hybridtune.testing import tiny_batch, tiny_model
 
 
@@ -40,10 +47,51 @@ def test_save_load_exact(tmp_path, family, neuron, make_spiking):
     assert any(p.requires_grad and "lora_neuron" in n for n, p in trainable.named_parameters())
 
 
-def test_plain_peft_from_pretrained_fails_loudly(tmp_path, make_spiking):
-    make_spiking("llama", "lif").save_pretrained(tmp_path)
-    with pytest.raises(KeyError, match=r"hybridtune\.adapters\.load\(model, path\)"):
-        PeftModel.from_pretrained(tiny_model("llama"), tmp_path)
+def test_peft_from_pretrained_builds_spiking_lora(tmp_path, make_spiking):
+    # spiking LoRA is a registered peft method: peft's own loader rebuilds the neurons exactly
+    model = make_spiking("llama", "lif")
+    batch = tiny_batch()
+    with torch.no_grad():
+        want = model(**batch).logits
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["peft_type"] == SPIKING_LORA
+    again = PeftModel.from_pretrained(tiny_model("llama"), tmp_path)
+    assert isinstance(again.peft_config["default"], SpikingLoraConfig)
+    assert isinstance(again.base_model, SpikingLoraModel)
+    with torch.no_grad():
+        torch.testing.assert_close(again(**batch).logits, want, rtol=0, atol=0)
+
+
+def test_peft_without_hybridtune_fails_loudly(tmp_path, make_spiking):
+    make_spiking("llama", "mt").save_pretrained(tmp_path)
+    code = f"from peft import PeftConfig; PeftConfig.from_pretrained({str(tmp_path)!r})"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and f"KeyError: '{SPIKING_LORA}'" in done.stderr
+
+
+def test_adapter_saved_with_the_legacy_marker_still_loads(tmp_path, make_spiking):
+    # adapters saved before the peft registration carry PEFT_TYPE_MARKER as their peft_type
+    model = make_spiking("llama", "lif")
+    batch = tiny_batch()
+    with torch.no_grad():
+        want = model(**batch).logits
+    model.save_pretrained(tmp_path)
+    config_file = tmp_path / "adapter_config.json"
+    data = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**data, "peft_type": PEFT_TYPE_MARKER}))
+    loaded = load(tiny_model("llama"), tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, want, rtol=0, atol=0)
+
+
+def test_get_spiking_peft_model_leaves_the_config_alone():
+    cfg = spiking_lora_config(r=2, neuron="lif", target_modules=["q_proj"])
+    before = copy.deepcopy(cfg.__dict__)
+    pm = get_spiking_peft_model(tiny_model("llama"), cfg)
+    pm.add_adapter("second", cfg)
+    assert cfg.__dict__ == before and cfg.task_type is None
+    assert pm.peft_config["default"] is not cfg and pm.peft_config["default"].task_type == "CAUSAL_LM"
+    assert type(pm).__name__ == "SpikingPeftModelForCausalLM" and type(pm).__mro__[1].__name__ == "SpikingPeftMixin"
 
 
 def test_plain_lora_layers_cannot_swallow_spiking_weights(tmp_path, make_spiking):

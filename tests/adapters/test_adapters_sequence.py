@@ -72,6 +72,7 @@ def test_padding_does_not_leak_into_the_state(make_spiking):
 
 
 def test_doc_start_resets_the_layer_state(make_spiking):
+    torch.manual_seed(0)  # the carried state must be visible at position 6: don't depend on earlier tests' RNG use
     model = make_spiking("llama", "lif")
     layer = model.base_model.model.model.layers[0].self_attn.q_proj
     x = torch.randn(1, 10, layer.in_features)
@@ -92,10 +93,30 @@ def test_doc_start_kwarg_reaches_layers_and_is_not_passed_on(make_spiking):
     batch = tiny_batch(seq=8)
     doc = torch.zeros(2, 8, dtype=torch.bool)
     doc[:, 5] = True
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    seen = []
+    handle = layer.register_forward_pre_hook(lambda m, args: seen.append(m.sequence_info))
     with torch.no_grad():
         out = model(**batch, doc_start=doc).logits
-    layer = model.base_model.model.model.layers[0].self_attn.q_proj
-    assert layer.sequence_info.reset[:, 5].all() and out.shape == (2, 8, 256)
+    handle.remove()
+    assert seen[0].reset[:, 5].all() and out.shape == (2, 8, 256)
+
+
+def test_sequence_info_lives_only_for_the_call(make_spiking):
+    model = make_spiking("llama", "lif")
+    layers = [m for m in model.modules() if hasattr(m, "sequence_info")]
+    batch = tiny_batch(seq=8)
+    with torch.no_grad():
+        model(**batch)
+    assert layers and all(m.sequence_info is None for m in layers)
+    with pytest.raises(IndexError), torch.no_grad():  # a call that fails half-way leaves nothing behind either
+        model(input_ids=batch["input_ids"] + 10_000, attention_mask=batch["attention_mask"])
+    assert all(m.sequence_info is None for m in layers)
+    with sequence_context(model, steps=8) as info:  # a context's info comes back after the calls inside it
+        with torch.no_grad():
+            model(**batch)
+        assert all(m.sequence_info is info for m in layers)
+    assert all(m.sequence_info is None for m in layers)
 
 
 def test_carried_state_refuses_batch_change(make_spiking):

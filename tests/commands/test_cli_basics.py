@@ -56,3 +56,12 @@ def test_validate_reads_a_continual_config_and_its_section(capsys):
     assert "continual:" in capsys.readouterr().out
     assert main(["validate", str(shared), "continual.adapter=nope"]) == 2
     assert "continual.adapter" in capsys.readouterr().err
+
+
+def test_validate_runs_the_checks_of_the_continual_command(capsys):
+    from pathlib import Path
+
+    replay = Path(__file__).resolve().parents[2] / "configs" / "continual" / "replay.yaml"
+    for command in (["validate", str(replay)], ["continual", str(replay), "--check"]):
+        assert main([*command, "trainer.batch_size=1"]) == 2  # a quarter of 1 block replays nothing
+        assert "continual.replay.share" in capsys.readouterr().err

@@ -14,7 +14,7 @@ def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("nir")
     tiny_model("llama").save_pretrained(root / "base")
     tiny_tokenizer().save_pretrained(root / "base")
-    snn = hc.convert(load_model(str(root / "base")), hc.ConversionConfig(coverage=("ffn_act", "linear_inputs")))
+    snn = hc.convert(load_model(str(root / "base")), hc.ConversionConfig(coverage=("ffn_act", "linear_inputs"), compensation=False))
     hc.save_spiking(snn, root / "snn")
     cfg = spiking_lora_config(r=4, neuron="lif", init_b_std=0.1, target_modules=["up_proj"])
     get_spiking_peft_model(snn, cfg).save_pretrained(root / "adapter")

@@ -15,7 +15,7 @@ def dirs(tmp_path_factory):
     base = root / "base"
     tiny_model("llama").save_pretrained(base)
     tiny_tokenizer().save_pretrained(base)
-    snn = hc.convert(load_model(str(base)), hc.ConversionConfig(coverage=("ffn_act", "linear_inputs")))
+    snn = hc.convert(load_model(str(base)), hc.ConversionConfig(coverage=("ffn_act", "linear_inputs"), compensation=False))
     hc.save_spiking(snn, root / "snn")
     cfg = spiking_lora_config(r=4, neuron="lif", threshold=0.01, init_b_std=0.5, target_modules=["q_proj"])
     get_spiking_peft_model(snn, cfg).save_pretrained(root / "adapter")

@@ -1,5 +1,5 @@
-"""``hybridtune quickstart``: the embedded run equals configs/quickstart.yaml, the example configs are valid and
-build their learners, and a shortened quick start on the real default model runs end to end."""
+"""``hybridtune quickstart``: the run shipped in the package is configs/quickstart.yaml (the same file), the example
+configs are valid and build their learners, and a shortened quick start on the real default model runs end to end."""
 
 from __future__ import annotations
 
@@ -15,10 +15,21 @@ from hybridtune.config import load_config, to_dict
 CONFIGS = Path(__file__).parents[2] / "configs"
 
 
-def test_embedded_quickstart_equals_the_yaml():
+def test_packaged_quickstart_is_the_yaml_in_configs():
+    from importlib import resources
+
+    packaged = resources.files("hybridtune.config").joinpath("quickstart.yaml").read_text()
+    assert packaged == (CONFIGS / "quickstart.yaml").read_text()  # one file, shipped as package data
     from_file = to_dict(load_config(CONFIGS / "quickstart.yaml"))
-    embedded = to_dict(quickstart_config([], out=from_file["trainer"]["output_dir"]))
-    assert embedded == from_file
+    loaded = to_dict(quickstart_config([], out=from_file["trainer"]["output_dir"]))
+    assert loaded == from_file
+
+
+def test_the_quickstart_yaml_is_declared_package_data():
+    import tomllib
+
+    pyproject = tomllib.loads((CONFIGS.parent / "pyproject.toml").read_text())
+    assert "config/quickstart.yaml" in pyproject["tool"]["setuptools"]["package-data"]["hybridtune"]
 
 
 def test_quickstart_arguments():

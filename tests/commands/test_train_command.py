@@ -56,7 +56,7 @@ def test_a_stray_flag_is_still_an_error(capsys):
     ("trainer.steps=many", "trainer.steps"),
     ("trainer.scheduler=cosin", "trainer.scheduler"),
     ("learners.0.name=stdpp", "learners[0].name"),
-    ("learners.0.options={momentm: 0.9}", "learners[0].options"),
+    ("learners.0.options={momentm: 0.9}", "learners[0].options.momentm"),  # typed per learner
     ("learners.0.params=[lora_A", "learners[0].params"),
     ("data.train=/no/such/corpus.txt", "data.train"),
     ("model.name=/no/such/model", "model.name"),

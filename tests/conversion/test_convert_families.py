@@ -36,7 +36,7 @@ def _logits(model, batch):
 @pytest.mark.parametrize("coverage", COVERAGES, ids="+".join)
 def test_converts_runs_with_labels_and_generates(family, coverage):
     batch = tiny_batch()
-    snn = convert(tiny_model(family), ConversionConfig(coverage=coverage))
+    snn = convert(tiny_model(family), ConversionConfig(coverage=coverage, compensation=False))
     assert isinstance(snn, PreTrainedModel)
     assert not any(p.requires_grad for p in snn.parameters())
     out = snn(**batch, labels=batch["input_ids"])
@@ -51,8 +51,8 @@ def test_converts_runs_with_labels_and_generates(family, coverage):
 def test_fine_resolution_approaches_the_ann(family, coverage):
     batch = tiny_batch()
     ann = _logits(tiny_model(family), batch)
-    coarse = _logits(convert(tiny_model(family), ConversionConfig(coverage=coverage, divisor=2.0)), batch)
-    fine = _logits(convert(tiny_model(family), ConversionConfig(coverage=coverage, divisor=1e5)), batch)
+    coarse = _logits(convert(tiny_model(family), ConversionConfig(coverage=coverage, divisor=2.0, compensation=False)), batch)
+    fine = _logits(convert(tiny_model(family), ConversionConfig(coverage=coverage, divisor=1e5, compensation=False)), batch)
     err_fine, err_coarse = (fine - ann).abs().max().item(), (coarse - ann).abs().max().item()
     assert err_fine < 1e-3, err_fine
     assert err_fine < err_coarse / 50
@@ -72,7 +72,7 @@ def test_static_thresholds_with_compensation_convert_and_stay_close(family):
 
 
 def test_llama_sites_and_module_types():
-    snn = convert(tiny_model("llama"), ConversionConfig(coverage=("ffn_act", "linear_inputs", "attention")))
+    snn = convert(tiny_model("llama"), ConversionConfig(coverage=("ffn_act", "linear_inputs", "attention"), compensation=False))
     layer = snn.model.layers[0]
     q = layer.self_attn.q_proj
     assert isinstance(q, SpikingLinear) and q.encoder is None and q.hybridtune_spike_input
@@ -93,7 +93,7 @@ def test_llama_sites_and_module_types():
 
 def test_gpt2_activation_spikes_feed_c_proj_and_conv1d_is_transposed():
     model = tiny_model("gpt2")
-    snn = convert(tiny_model("gpt2"), ConversionConfig(coverage=("ffn_act",)))
+    snn = convert(tiny_model("gpt2"), ConversionConfig(coverage=("ffn_act",), compensation=False))
     c_proj = snn.transformer.h[0].mlp.c_proj
     assert isinstance(c_proj, SpikingLinear) and c_proj.encoder is None
     assert torch.equal(c_proj.weight, model.transformer.h[0].mlp.c_proj.weight.t())
@@ -101,7 +101,7 @@ def test_gpt2_activation_spikes_feed_c_proj_and_conv1d_is_transposed():
 
 
 def test_llama4_moe_becomes_sparse_spiking_moe():
-    snn = convert(tiny_model("llama4"), ConversionConfig())
+    snn = convert(tiny_model("llama4"), ConversionConfig(compensation=False))
     moes = [m for m in snn.modules() if isinstance(m, SpikingMoE)]
     assert len(moes) == 1 and moes[0].act_encoder is not None and moes[0].down_encoder is not None
     assert moes[0].router.hybridtune_spike_input
@@ -110,7 +110,7 @@ def test_llama4_moe_becomes_sparse_spiking_moe():
 
 
 def test_norms_become_threshold_norms():
-    snn = convert(tiny_model("gemma3"), ConversionConfig(coverage=("linear_inputs", "norms")))
+    snn = convert(tiny_model("gemma3"), ConversionConfig(coverage=("linear_inputs", "norms"), compensation=False))
     layer = snn.model.layers[0]
     assert isinstance(layer.input_layernorm, ThresholdNorm)
     assert isinstance(layer.pre_feedforward_layernorm, ThresholdNorm)
@@ -126,7 +126,7 @@ def test_rate_coded_if_improves_with_timesteps():
     errs = []
     for t in (2, 8, 64):
         cfg = ConversionConfig(neuron="if", timesteps=t, threshold="static", threshold_mode="max_abs", divisor=1.0,
-                               counting="unary", calib_tokens=256, calib_block=64)
+                               counting="unary", calib_tokens=256, calib_block=64, compensation=False)
         snn = convert(tiny_model("llama"), cfg, calib=CALIB)
         assert isinstance(snn.model.layers[0].self_attn.o_proj.encoder, RateCodedIF)
         errs.append((_logits(snn, batch) - ann).abs().mean().item())
@@ -135,7 +135,7 @@ def test_rate_coded_if_improves_with_timesteps():
 
 @pytest.mark.parametrize("softmax", ["keep", "nrelu", "spike"])
 def test_attention_variants_run_and_cache_matches_full_forward(softmax):
-    cfg = ConversionConfig(coverage=("ffn_act", "linear_inputs", "attention"), softmax=softmax)
+    cfg = ConversionConfig(coverage=("ffn_act", "linear_inputs", "attention"), softmax=softmax, compensation=False)
     snn = convert(tiny_model("qwen3"), cfg)
     ids = tiny_batch()["input_ids"][:1]
     with torch.no_grad():
@@ -147,11 +147,11 @@ def test_attention_variants_run_and_cache_matches_full_forward(softmax):
 
 
 def test_converting_twice_is_refused():
-    snn = convert(tiny_model("llama"), ConversionConfig(coverage=("ffn_act",)))
+    snn = convert(tiny_model("llama"), ConversionConfig(coverage=("ffn_act",), compensation=False))
     with pytest.raises(ValueError, match="already converted"):
-        convert(snn, ConversionConfig())
+        convert(snn, ConversionConfig(compensation=False))
 
 
 def test_calibration_needed_but_missing_is_a_clear_error():
     with pytest.raises(ValueError, match="calib"):
-        convert(tiny_model("llama"), ConversionConfig(threshold="static"))
+        convert(tiny_model("llama"), ConversionConfig(threshold="static", compensation=False))

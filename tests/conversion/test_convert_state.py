@@ -16,7 +16,6 @@ from hybridtune.conversion import (
     conversion_info,
     convert,
     convert_from_config,
-    from_section,
     get_recipe,
     load_spiking,
     read_spiking,
@@ -85,11 +84,11 @@ def test_wrong_base_is_refused(tmp_path):
     with pytest.raises(ValueError, match="llama"):
         load_spiking(tiny_model("gpt2"), path)
     with pytest.raises(ValueError, match="fresh base"):
-        load_spiking(convert(tiny_model("llama"), ConversionConfig()), path)
+        load_spiking(convert(tiny_model("llama"), ConversionConfig(compensation=False)), path)
 
 
 def test_save_never_clobbers_foreign_directories_and_replaces_its_own(tmp_path):
-    snn = convert(tiny_model("llama"), ConversionConfig(coverage=("ffn_act",)))
+    snn = convert(tiny_model("llama"), ConversionConfig(coverage=("ffn_act",), compensation=False))
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
@@ -113,12 +112,12 @@ def test_read_spiking_on_a_wrong_directory(tmp_path):
     ({"coverage": ("ffn_act", "everything")}, "coverage"),
     ({"coverage": ("norms",)}, "linear_inputs"),
     ({"softmax": "nrelu"}, "attention"),
-    ({"timesteps": 4}, "T = 1"),
+    ({"neuron": "graded", "timesteps": 4}, "T = 1"),
     ({"threshold_mode": "max_abs"}, "threshold_mode"),
     ({"divisor": 0}, "divisor"),
     ({"max_spikes": 0}, "max_spikes"),
     ({"coverage": ("linear_inputs", "norms"), "norms": "keep"}, "contradicts"),
-    ({"neuron": "if", "timesteps": 4}, "unary"),
+    ({"neuron": "if", "timesteps": 4, "counting": "base2"}, "unary"),
 ])
 def test_config_validation_names_the_key(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -126,25 +125,24 @@ def test_config_validation_names_the_key(changes, message):
 
 
 def test_config_round_trip_and_section_mapping():
-    cfg = ConversionConfig(coverage=("ffn_act",), skip=("lm_head",))
+    cfg = ConversionConfig(coverage=("ffn_act",), skip=("lm_head",), compensation=False)
     assert ConversionConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown conversion key"):
         ConversionConfig.from_dict({"coverag": ["ffn_act"]})
-    from hybridtune.config import ConversionSection
+    from hybridtune.config import load_config
 
-    section = ConversionSection(coverage=["ffn_act", "linear_inputs"], norms="threshold", timesteps=1)
-    mapped = from_section(section)
-    assert "norms" in mapped.coverage and mapped.neuron == "graded"
+    section = load_config(None, ["conversion.coverage=[ffn_act, linear_inputs, norms]"]).conversion
+    assert isinstance(section, ConversionConfig) and section.neuron == "graded" and section.compensation
     snn = convert_from_config(tiny_model("llama"), section, tokenizer=tiny_tokenizer())  # calibrates on calib_data
     info = conversion_info(snn)
-    assert info.config.coverage == mapped.coverage
+    assert info.config == section and info.calibration["source"].startswith("corpus python-docs")
     assert info.config.compensation == section.compensation
     if section.compensation:
         assert info.calibration["source"].startswith("corpus python-docs")
 
 
 def test_skip_keeps_the_named_linears_float():
-    snn = convert(tiny_model("llama"), ConversionConfig(skip=("lm_head",)))
+    snn = convert(tiny_model("llama"), ConversionConfig(skip=("lm_head",), compensation=False))
     assert type(snn.lm_head).__name__ == "Linear"
     assert any("lm_head" in note for note in conversion_info(snn).plan.float_notes)
 
@@ -158,7 +156,7 @@ def test_recipes_are_registered_and_extensible():
         register_recipe("tiny_custom_llama", DecoderRecipe())
     with pytest.raises(TypeError, match="validate"):
         register_recipe("broken", object(), overwrite=True)
-    snn = convert(tiny_model("llama"), ConversionConfig(), recipe=get_recipe("tiny_custom_llama"))
+    snn = convert(tiny_model("llama"), ConversionConfig(compensation=False), recipe=get_recipe("tiny_custom_llama"))
     assert conversion_info(snn).plan.sites
 
 
@@ -182,19 +180,19 @@ def test_recipe_order_is_validate_calibrate_replace_finalize():
             calls.append("finalize")
             return super().finalize(model, plan, config)
 
-    convert(tiny_model("llama"), ConversionConfig(), recipe=Tracing())
+    convert(tiny_model("llama"), ConversionConfig(compensation=False), recipe=Tracing())
     assert calls == ["validate", "calibrate", "replace", "finalize"]
 
 
 def test_bad_layout_names_the_missing_module():
     with pytest.raises(ValueError, match="transformer.h"):
-        convert(tiny_model("llama"), ConversionConfig(), recipe=DecoderRecipe(DecoderLayout(layers="transformer.h")))
+        convert(tiny_model("llama"), ConversionConfig(compensation=False), recipe=DecoderRecipe(DecoderLayout(layers="transformer.h")))
 
 
 def test_deep_copies_and_dtype_moves_keep_working():
     import copy
 
-    snn = convert(tiny_model("llama"), ConversionConfig(coverage=("ffn_act", "linear_inputs", "attention")))
+    snn = convert(tiny_model("llama"), ConversionConfig(coverage=("ffn_act", "linear_inputs", "attention"), compensation=False))
     twin = copy.deepcopy(snn)
     assert torch.equal(_logits(twin), _logits(snn))
     assert twin.model.layers[0].input_layernorm.hybridtune_encoder is not \

@@ -46,7 +46,7 @@ def test_hadamard_costs_and_missing_orders():
 
 def _fold(model, names):
     recipe = get_recipe(model.config.model_type)
-    config = ConversionConfig(outliers=names).validate()
+    config = ConversionConfig(outliers=names, compensation=False).validate()
     plan = recipe.validate(model, config)
     state = {}
     for name in names:
@@ -98,14 +98,14 @@ def test_conversion_with_outliers_never_writes_into_shared_base_weights():
     base = tiny_model("llama")
     snapshot = {n: p.detach().clone() for n, p in base.named_parameters()}
     memo = {id(t): t for t in (*base.parameters(), *base.buffers())}
-    convert(copy.deepcopy(base, memo), ConversionConfig(phases=6, outliers=("rotate", "hadamard_down", "smooth")),
+    convert(copy.deepcopy(base, memo), ConversionConfig(phases=6, outliers=("rotate", "hadamard_down", "smooth"), compensation=False),
             calib=torch.randint(3, 256, (64,)))
     assert all(torch.equal(p, snapshot[n]) for n, p in base.named_parameters())
 
 
 def test_saved_state_reapplies_the_same_transforms(tmp_path):
     batch = tiny_batch()
-    cfg = ConversionConfig(phases=4, divisor=4.0, outliers=("rotate", "hadamard_down", "channel_scale"))
+    cfg = ConversionConfig(phases=4, divisor=4.0, outliers=("rotate", "hadamard_down", "channel_scale"), compensation=False)
     snn = convert(tiny_model("llama"), cfg, calib=torch.randint(3, 256, (64,)))
     save_spiking(snn, tmp_path / "snn")
     again = load_spiking(tiny_model("llama"), tmp_path / "snn")
@@ -114,9 +114,9 @@ def test_saved_state_reapplies_the_same_transforms(tmp_path):
 
 def test_unknown_strategy_and_bad_combinations_are_named():
     with pytest.raises(ValueError, match="choose from .*rotate"):
-        convert(tiny_model("llama"), ConversionConfig(outliers=("rotation",)))
+        convert(tiny_model("llama"), ConversionConfig(outliers=("rotation",), compensation=False))
     with pytest.raises(ValueError, match="static thresholds are per channel"):
-        convert(tiny_model("llama"), ConversionConfig(threshold="static", outliers=("channel_scale",)),
+        convert(tiny_model("llama"), ConversionConfig(threshold="static", outliers=("channel_scale",), compensation=False),
                 calib=torch.randint(3, 256, (64,)))
     assert {"rotate", "hadamard_down", "hadamard_inputs", "channel_scale", "smooth"} <= set(available_outliers())
 
@@ -129,15 +129,15 @@ def _float_ops(snn):
 
 def test_static_mode_census_has_no_per_token_reduction():
     calib = torch.randint(3, 256, (64,))
-    static = convert(tiny_model("llama"), ConversionConfig(threshold="static", phases=8), calib=calib)
-    dynamic = convert(tiny_model("llama"), ConversionConfig(phases=8))
+    static = convert(tiny_model("llama"), ConversionConfig(threshold="static", phases=8, compensation=False), calib=calib)
+    dynamic = convert(tiny_model("llama"), ConversionConfig(phases=8, compensation=False))
     per_token = {"threshold_stats", "threshold_divide_round", "threshold_rescale"}
     assert not per_token & set(_float_ops(static))
     assert per_token <= set(_float_ops(dynamic))
 
 
 def test_census_charges_the_online_transform():
-    snn = convert(tiny_model("llama"), ConversionConfig(phases=8, outliers=("hadamard_down",)))
+    snn = convert(tiny_model("llama"), ConversionConfig(phases=8, outliers=("hadamard_down",), compensation=False))
     ops = _float_ops(snn)
     batch = tiny_batch()
     tokens = batch["input_ids"].numel()
@@ -149,7 +149,7 @@ def test_census_charges_the_online_transform():
 def test_activation_strategies_touch_only_the_ffn_activation_sites():
     from hybridtune.neurons import ChannelScaledThreshold, DynamicThreshold, GradedNeuron
 
-    cfg = ConversionConfig(phases=4, divisor=3.0, outliers=("channel_scale", "act_absmax"))
+    cfg = ConversionConfig(phases=4, divisor=3.0, outliers=("channel_scale", "act_absmax"), compensation=False)
     snn = convert(tiny_model("llama"), cfg, calib=torch.randint(3, 256, (64,)))
     for name, module in snn.named_modules():
         if not isinstance(module, GradedNeuron):
@@ -160,14 +160,14 @@ def test_activation_strategies_touch_only_the_ffn_activation_sites():
         else:
             assert isinstance(module.threshold, DynamicThreshold) and module.threshold.mode == "mean_abs"
     with pytest.raises(ValueError, match="needs conversion.phases"):
-        convert(tiny_model("llama"), ConversionConfig(outliers=("act_absmax",)))
+        convert(tiny_model("llama"), ConversionConfig(outliers=("act_absmax",), compensation=False))
 
 
 def test_act_absmax_static_thresholds_are_the_calibrated_max_over_the_cap():
     from hybridtune.conversion.calibration import channel_statistics
 
     ids = torch.randint(3, 256, (64,))
-    cfg = ConversionConfig(phases=6, threshold="static", outliers=("act_absmax",), calib_block=32)
+    cfg = ConversionConfig(phases=6, threshold="static", outliers=("act_absmax",), calib_block=32, compensation=False)
     model = tiny_model("llama")
     recipe = get_recipe("llama")
     plan = recipe.validate(model, cfg)
@@ -185,3 +185,40 @@ def test_absmax_threshold_never_saturates_a_k_phase_count():
     n = GradedNeuron(DynamicThreshold("max_abs", divisor=15.0), phases=4)
     q, theta = n.quantize(v)
     assert q.tolist() == [[0.0, 0.0, 15.0, 0.0]] and float(theta) == pytest.approx(100.0 / 15.0)
+
+
+def test_clip_free_threshold_never_saturates_and_keeps_the_fine_step_elsewhere():
+    from hybridtune.neurons import ClipFreeThreshold, DynamicThreshold, GradedNeuron
+
+    # token 0 is ordinary (mean step, no clip); token 1 has a massive channel that mean|v| / 4 would clip at 15
+    v = torch.ones(2, 16)
+    v[1, 0] = 400.0
+    clipped = GradedNeuron(DynamicThreshold("mean_abs", divisor=4.0), phases=4)
+    free = GradedNeuron(ClipFreeThreshold(DynamicThreshold("mean_abs", divisor=4.0), cap=15), phases=4)
+    q_clip, theta_clip = clipped.quantize(v)
+    q, theta = free.quantize(v)
+    assert float(theta[0]) == float(theta_clip[0]) == pytest.approx(0.25)  # ordinary token: unchanged
+    assert float(q_clip[1, 0]) == 15.0 and float(q_clip[1, 0] * theta_clip[1]) < 100.0  # clipped outlier
+    assert float(q[1, 0]) == 15.0 and float(q[1, 0] * theta[1]) == pytest.approx(400.0)  # kept exactly
+    assert bool((q.abs() <= 15).all())
+
+
+def test_clip_free_strategy_floors_every_dynamic_site_and_is_charged():
+    from hybridtune.neurons import ClipFreeThreshold, GradedNeuron
+
+    cfg = ConversionConfig(phases=6, outliers=("channel_scale", "clip_free"), compensation=False)
+    snn = convert(tiny_model("llama"), cfg, calib=torch.randint(3, 256, (64,)))
+    neurons = [(n, m) for n, m in snn.named_modules() if isinstance(m, GradedNeuron)]
+    for name, module in neurons:
+        inner = module.threshold.inner if "act_fn" in name else module.threshold  # channel-scaled at the FFN act
+        assert isinstance(inner, ClipFreeThreshold) and inner.cap == 63, name
+    base = _float_ops(convert(tiny_model("llama"), cfg.with_(outliers=("channel_scale",)),
+                              calib=torch.randint(3, 256, (64,))))
+    ops = _float_ops(snn)
+    elements = sum(v for k, v in ops["threshold_divide_round"].items() if k == "acs")  # one add per element
+    assert ops["threshold_stats"]["acs"] == pytest.approx(base["threshold_stats"].get("acs", 0) + elements)
+    with pytest.raises(ValueError, match="needs conversion.phases"):
+        convert(tiny_model("llama"), ConversionConfig(outliers=("clip_free",), compensation=False))
+    with pytest.raises(ValueError, match="static thresholds"):
+        convert(tiny_model("llama"), ConversionConfig(phases=8, threshold="static", outliers=("clip_free",),
+                                                     compensation=False), calib=torch.randint(3, 256, (64,)))

@@ -14,7 +14,7 @@ nir = pytest.importorskip("nir", reason="NIR export needs the nir extra: pip ins
 
 
 def _adapted(neuron: str, **kw):
-    snn = hc.convert(tiny_model("llama", dtype=torch.float64), hc.ConversionConfig(coverage=("ffn_act", "linear_inputs")))
+    snn = hc.convert(tiny_model("llama", dtype=torch.float64), hc.ConversionConfig(coverage=("ffn_act", "linear_inputs"), compensation=False))
     cfg = spiking_lora_config(r=4, neuron=neuron, threshold=0.05, init_b_std=0.5,
                               target_modules=["q_proj", "up_proj", "down_proj"], **kw)
     return get_spiking_peft_model(snn, cfg).eval()

@@ -73,3 +73,23 @@ def test_groups_and_errors():
         "lora_A", "lora_B", "threshold", "decay", "other"]
     with pytest.raises(ValueError, match="setup"):
         gradient_alignment(torch.nn.Linear(2, 2), [SurrogateLearner()], batches())
+
+
+def test_learners_name_their_parameters_through_the_protocol():
+    """gradient_alignment reads owned_parameters(), never private state; a learner that does not name its parameters
+    gets a TypeError that says what to implement."""
+    from hybridtune.learners import ParameterOwner, owned_parameters
+
+    model = get_spiking_peft_model(tiny_model("llama"), spiking_lora_config(r=4, neuron="lif", threshold=0.02,
+                                                                           target_modules=["down_proj"]))
+    for lrn in (SurrogateLearner(), EpropLearner(), STDPLearner()):
+        assert isinstance(lrn, ParameterOwner) and owned_parameters(lrn) == {}
+        owned = setup(lrn, model, "lora_")
+        got = owned_parameters(lrn)
+        assert set(got) == set(owned) and all(got[n] is owned[n] for n in owned)
+
+    class Anonymous:
+        name, params, uses_backward = "anon", "all", False
+
+    with pytest.raises(TypeError, match="owned_parameters"):
+        gradient_alignment(model, [Anonymous()], batches())

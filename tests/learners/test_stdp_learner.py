@@ -193,7 +193,7 @@ def test_homeostasis_moves_thresholds_towards_the_target_rate():
 def test_counts_path_on_a_converted_base():
     import hybridtune.conversion as hc
 
-    model = spiking("mt", targets=("down_proj",), base=hc.convert(tiny_model("llama"), hc.ConversionConfig()))
+    model = spiking("mt", targets=("down_proj",), base=hc.convert(tiny_model("llama"), hc.ConversionConfig(compensation=False)))
     learner = STDPLearner(params="lora_A", lr=0.01)
     setup(learner, model)
     records = observe(learner, model, masked_batch())

@@ -118,7 +118,7 @@ def test_booleans_nested_keys_and_lists_survive_the_round_trip(tmp_path):
         assert s["options"] == {"tau_pre": 4.5} and s["coverage"] == ["ffn_act", "attention"]
         assert "--conversion.compensation=" + str(trial["params"]["conversion.compensation"]) in s["argv"]
     best = load_config(tmp_path / "out" / "best.yaml")
-    assert best.learners[0].options == {"tau_pre": 4.5} and best.conversion.coverage == ["ffn_act", "attention"]
+    assert best.learners[0].options == {"tau_pre": 4.5} and best.conversion.coverage == ("ffn_act", "attention")
 
 
 def test_a_crashing_trial_is_recorded_and_the_rest_complete(tmp_path, monkeypatch):

@@ -19,6 +19,8 @@ Built-ins:
   ``theta[t, c] = s_c * stat_t(v / s) / divisor``; ``s`` folds into the consuming weights (``W diag(s)``), so
   outlier channels get coarser steps instead of saturating the count. Dynamic thresholds only.
 - ``act_absmax``: the FFN activation sites' per-token threshold becomes ``max|v_t| / (2**K - 1)`` (no saturation).
+- ``clip_free``: every dynamic threshold is floored at ``max|v_t| / (2**K - 1)``: the fine mean-based step for
+  ordinary tokens, no clipped outliers for massive-activation tokens.
 - ``smooth``: SmoothQuant's factor (Xiao et al. 2023) ``s_c = max|x_c|^a / max|W_c|^(1-a)`` at norm outputs,
   ``x / s`` folded into the norm gain and ``diag(s)`` into the readers. Free.
 
@@ -277,6 +279,41 @@ class ActivationAbsMax:
         return []
 
 
+class ClipFree:
+    """Dynamic thresholds that never saturate: ``theta_t = max(stat_t / divisor, max|v_t| / (2**K - 1))`` at every
+    site (see ``hybridtune.neurons.ClipFreeThreshold``). Massive-activation tokens (the attention sink at the first
+    position, a few delimiter tokens) would otherwise clip their outlier channels to the bound; they get a coarser
+    step instead, every other token keeps the fine one. The per-token max is one comparison per element, charged.
+    Needs ``phases`` and dynamic thresholds.
+    """
+
+    needs_calibration = False
+
+    def __init__(self, name: str = "clip_free"):
+        self.name = name
+
+    def _check(self, config: Any) -> None:
+        if config.phases is None and config.max_spikes is None:
+            raise ValueError(f"conversion.outliers: {self.name!r} keeps a bounded count from saturating; it needs "
+                             "conversion.phases (an unbounded count never saturates)")
+        if config.threshold != "dynamic":
+            raise ValueError(f"conversion.outliers: {self.name!r} floors a per-token threshold; static thresholds "
+                             "have none (drop it or set threshold: dynamic)")
+
+    def calibrate(self, model, plan, recipe, config, calib_ids) -> StrategyState:
+        self._check(config)
+        return {}
+
+    def apply(self, model, plan, recipe, config, state) -> None:
+        self._check(config)
+
+    def encoder_overrides(self, site: Any, config: Any, layout: Any) -> dict[str, Any]:
+        return {"clip_free": True} if config.threshold == "dynamic" else {}
+
+    def float_notes(self) -> list[str]:
+        return []  # the per-token max is charged by the census with the threshold statistic
+
+
 class Smoothing:
     """SmoothQuant at norm-output sites: ``x / s`` folded into the norm gain, ``diag(s)`` into every reader."""
 
@@ -362,3 +399,4 @@ register_outliers("channel_scale_all", lambda: ChannelScale("channel_scale_all",
 register_outliers("channel_scale_out", lambda: ChannelScale("channel_scale_out", "rms", 1.0, where="outputs"))
 register_outliers("smooth", lambda: Smoothing("smooth", 0.5))
 register_outliers("act_absmax", ActivationAbsMax)
+register_outliers("clip_free", ClipFree)

@@ -14,7 +14,10 @@ A path is a small strategy object (:class:`FeedbackPath`); ``eprop`` takes one b
   the identity. Other layers (``q_proj``, ``k_proj``: their path runs through the softmax) are refused.
 * ``random`` — fixed random feedback matrices ``R [out, D]`` (direct feedback alignment, Nøkland 2016), entries
   ``N(0, 1/D)``, seeded per layer from the learner's seed; they travel in the learner's state (checkpoints) so a
-  resumed run keeps them.
+  resumed run keeps them, and are written beside the adapter (:data:`FEEDBACK_FILE` in its ``save_pretrained``
+  directory, by :meth:`RandomPath.save_pretrained`) so a later run can reuse them (:meth:`RandomPath.load_pretrained`,
+  the learner's ``feedback_from`` option): an adapter trained with random feedback names the feedback it was
+  trained with.
 
 Example:
     >>> import torch
@@ -27,17 +30,22 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from hybridtune.files import atomic_write, load_safetensors
 from hybridtune.learners.plasticity.targets import FactorTarget
 
-__all__ = ["FeedbackPath", "FEEDBACK_PATHS", "register_feedback_path", "feedback_path", "ResidualPath", "OneHopPath",
-           "RandomPath"]
+__all__ = ["FeedbackPath", "FEEDBACK_PATHS", "FEEDBACK_FILE", "register_feedback_path", "feedback_path", "ResidualPath",
+           "OneHopPath", "RandomPath"]
 
+# the random feedback matrices, beside the adapter in its save_pretrained directory
+FEEDBACK_FILE = "eprop_feedback.safetensors"
 RESIDUAL_WRITERS = ("o_proj", "down_proj", "c_proj", "dense", "out_proj", "fc2", "wo", "dense_4h_to_h")
 
 
@@ -100,14 +108,43 @@ class RandomPath:
 
     def __init__(self) -> None:
         self.matrices: dict[str, Tensor] = {}
+        self.seed: int | None = None
 
     def prepare(self, model: nn.Module, targets: list[FactorTarget], hidden: int, seed: int) -> None:
+        if self.seed is None:  # a loaded file keeps the seed it was drawn with
+            self.seed = seed
         for t in targets:
             if t.layer in self.matrices:
-                continue  # restored from a checkpoint
+                continue  # restored from a checkpoint or a saved adapter
             digest = hashlib.sha256(f"{seed}:{t.layer}".encode()).digest()
             gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
             self.matrices[t.layer] = torch.randn(_out_features(t), hidden, generator=gen) / hidden ** 0.5
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write the matrices to ``directory/FEEDBACK_FILE`` (atomically: an interrupted save leaves no torn file)."""
+        from safetensors.torch import save_file
+
+        tensors = {k: v.contiguous() for k, v in self.matrices.items()}
+        meta = {"feedback": self.name, "seed": str(self.seed)}
+        return atomic_write(Path(directory) / FEEDBACK_FILE, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+    def load_pretrained(self, directory: str | os.PathLike, targets: list[FactorTarget], hidden: int) -> None:
+        """Reuse the matrices an earlier run saved in ``directory``: every target's, with its shape ``[out, D]``."""
+        path = Path(directory) / FEEDBACK_FILE
+        loaded = load_safetensors(path, "point feedback_from at the save_pretrained directory of an adapter trained "
+                                        "with eprop feedback: random")
+        for t in targets:
+            want = (_out_features(t), hidden)
+            if t.layer not in loaded or tuple(loaded[t.layer].shape) != want:
+                got = tuple(loaded[t.layer].shape) if t.layer in loaded else "missing"
+                raise ValueError(f"feedback_from: {path} has no {want[0]}x{want[1]} feedback matrix for {t.layer} "
+                                 f"(found: {got}); it was saved for other layers or another model")
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            seed = (f.metadata() or {}).get("seed", "None")
+        self.seed = int(seed) if seed.lstrip("-").isdigit() else None
+        self.matrices = {t.layer: loaded[t.layer].float() for t in targets}
 
     def capture(self, model: nn.Module) -> None:
         return None

@@ -12,6 +12,9 @@ Per micro-batch (see :mod:`hybridtune.learners.protocol` for the call order):
 3. ``step`` divides the summed estimates by the number of predicted tokens, averages them across ranks (so every
    replica applies the same update), clips their global norm and hands them to a torch optimizer (AdamW by
    default) as ``.grad`` — ``ΔW = −lr Σ_t L[t] e[t]`` for SGD, the same direction rescaled per coordinate for Adam.
+   Each block's parameters get ``lr · block_decay ** k`` (``k`` blocks below the top) and the blocks below
+   ``top_blocks`` none (:mod:`.depth`): the top error is a good signal only near the top, and Adam moves every
+   coordinate by about ``lr`` whatever the quality of its estimate.
 
 Memory: the records (int8 spike counts, r-wide bottleneck spikes), one ``[B, L, D]`` hidden state and a chunk of
 logits; no activation graph of the base. Owned parameters get ``requires_grad=False``.
@@ -36,15 +39,18 @@ Example:
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Mapping
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from hybridtune.learners.eprop.depth import count_blocks, depth_weights
 from hybridtune.learners.eprop.feedback import FeedbackPath, feedback_path
 from hybridtune.learners.eprop.rule import eprop_factor_grads
 from hybridtune.learners.eprop.top import TopCapture, top_error
@@ -52,7 +58,12 @@ from hybridtune.learners.plasticity.targets import FactorTarget, find_targets
 from hybridtune.learners.protocol import Observation, ParamSpec, SetupContext, mean_across_ranks
 from hybridtune.learners.surrogate import build_scheduler, resolve_optimizer
 
-__all__ = ["EpropLearner", "EpropRecording"]
+__all__ = ["EpropLearner", "EpropRecording", "TOP_BLOCKS", "BLOCK_DECAY"]
+
+# the depth profile's defaults (see .depth): with every block learning, eprop diverged on the default model (28 steps,
+# perplexity 26.20 -> 2110.97); with the top 10 of its 30 blocks it learns (benchmarks/results/learners_probe.json)
+TOP_BLOCKS: int | None = 10
+BLOCK_DECAY = 1.0
 
 
 class EpropRecording(ExitStack):
@@ -85,7 +96,13 @@ class EpropLearner:
         optimizer, optimizer_kwargs, weight_decay: the torch optimizer that applies the estimates (default AdamW).
         scheduler, warmup_steps: the LR schedule (``None``: the trainer's defaults).
         max_grad_norm: clip the global norm of the estimate (``"default"``: the trainer's value; None: off).
+        top_blocks: only the adapters of the top ``top_blocks`` decoder blocks learn (None: all); the blocks below
+            keep their initial values and their estimates are never computed (see :mod:`.depth`: the top error says
+            little about the gradient far below the top).
+        block_decay: the learning rate of a block ``k`` blocks below the top is ``lr · block_decay ** k``.
         seed: seeds the ``random`` feedback matrices.
+        feedback_from: a saved adapter directory whose ``random`` feedback matrices to reuse instead of drawing new
+            ones (:meth:`save_pretrained` writes them beside the adapter).
         top_chunk: tokens per chunk of the norm + ``lm_head`` backward (bounds the logits' memory).
     """
 
@@ -94,18 +111,29 @@ class EpropLearner:
     def __init__(self, params: ParamSpec = "all", lr: float = 1e-3, *, feedback: str = "residual",
                  optimizer: str = "AdamW", optimizer_kwargs: Mapping[str, Any] | None = None,
                  weight_decay: float | None = None, scheduler: str | None = None, warmup_steps: int | None = None,
-                 max_grad_norm: float | None | str = "default", seed: int = 0, top_chunk: int = 256,
-                 name: str = "eprop"):
+                 max_grad_norm: float | None | str = "default", top_blocks: int | None = TOP_BLOCKS,
+                 block_decay: float = BLOCK_DECAY, seed: int = 0, top_chunk: int = 256,
+                 feedback_from: str | os.PathLike | None = None, name: str = "eprop"):
         if lr <= 0:
             raise ValueError(f"lr: must be > 0 (got {lr})")
+        if top_blocks is not None and top_blocks < 1:
+            raise ValueError(f"top_blocks: must be >= 1 block, or None for all (got {top_blocks})")
+        if not 0 < block_decay <= 1:
+            raise ValueError(f"block_decay: must be in (0, 1] (got {block_decay})")
         if top_chunk < 1:
             raise ValueError(f"top_chunk: must be >= 1 token (got {top_chunk})")
         resolve_optimizer(optimizer)
         self.feedback: FeedbackPath = feedback_path(feedback)
+        if feedback_from is not None and not hasattr(self.feedback, "load_pretrained"):
+            raise ValueError(f"feedback_from: the {feedback!r} feedback path has nothing to load (it is fixed by the "
+                             f"model); only feedback: random saves matrices with the adapter")
+        self.feedback_from = feedback_from
         self.name, self.params, self.lr = name, params, float(lr)
         self.optimizer_name, self.optimizer_kwargs = optimizer, dict(optimizer_kwargs or {})
         self.weight_decay, self.scheduler_name, self.warmup_steps = weight_decay, scheduler, warmup_steps
         self.max_grad_norm, self.seed, self.top_chunk = max_grad_norm, int(seed), int(top_chunk)
+        self.top_blocks, self.block_decay = top_blocks, float(block_decay)
+        self.weights: dict[str, float] = {}
         self.model: nn.Module | None = None
         self.accelerator = self.optimizer = self.scheduler = None
         self.targets: list[FactorTarget] = []
@@ -119,26 +147,40 @@ class EpropLearner:
     def setup(self, ctx: SetupContext) -> None:
         self.model, self.accelerator, self._params = ctx.model, ctx.accelerator, dict(ctx.params)
         self.targets = find_targets(ctx.model, self._params, f"learner {self.name!r}")
-        self._by_key = {t.key: t for t in self.targets}
+        self.weights = depth_weights(self._params, count_blocks(ctx.model), self.top_blocks, self.block_decay)
+        if not any(self.weights.values()):
+            raise ValueError(f"learner {self.name!r}: top_blocks={self.top_blocks} leaves none of its "
+                             f"{len(self._params)} parameters a learning rate; raise top_blocks or set it to None")
+        # only layers with a parameter that learns are recorded and get estimates
+        self._by_key = {t.key: t for t in self.targets if any(self.weights[n] > 0 for n in t.roles.values())}
         for p in self._params.values():
             p.requires_grad_(False)  # a local rule: DDP must not wait for gradients; .grad is set by hand
         head = ctx.model.get_output_embeddings()
         hidden = int(head.weight.shape[1])
-        self.feedback.prepare(ctx.model, self.targets, hidden, self.seed)
+        learning = list(self._by_key.values())
+        if self.feedback_from is not None:
+            self.feedback.load_pretrained(self.feedback_from, learning, hidden)
+        self.feedback.prepare(ctx.model, learning, hidden, self.seed)
         d = ctx.defaults
         wd = d.weight_decay if self.weight_decay is None else self.weight_decay
         if self.max_grad_norm == "default":
             self.max_grad_norm = d.max_grad_norm
-        self.optimizer = resolve_optimizer(self.optimizer_name)(list(self._params.values()), lr=self.lr,
-                                                                weight_decay=wd, **self.optimizer_kwargs)
+        groups: dict[float, list[nn.Parameter]] = {}
+        for name, p in self._params.items():
+            if self.weights[name] > 0:
+                groups.setdefault(self.weights[name], []).append(p)
+        self.optimizer = resolve_optimizer(self.optimizer_name)(
+            [{"params": ps, "lr": self.lr * w} for w, ps in sorted(groups.items(), reverse=True)], lr=self.lr,
+            weight_decay=wd, **self.optimizer_kwargs)
         warmup = d.warmup_steps if self.warmup_steps is None else self.warmup_steps
         self.scheduler = build_scheduler(self.scheduler_name or d.scheduler, self.optimizer, warmup, ctx.total_steps)
 
     def recording(self, model: nn.Module) -> EpropRecording:
         from hybridtune.adapters import SpikeRecorder
 
-        pattern = "^(" + "|".join(re.escape(layer) for layer in sorted({t.layer for t in self.targets})) + ")$"
-        needs_inputs = any(r in t.roles for t in self.targets for r in ("A", "threshold", "decay"))
+        learning = list(self._by_key.values())
+        pattern = "^(" + "|".join(re.escape(layer) for layer in sorted({t.layer for t in learning})) + ")$"
+        needs_inputs = any(r in t.roles for t in learning for r in ("A", "threshold", "decay"))
         recorder = SpikeRecorder(model, layers=pattern, inputs=needs_inputs, membrane=False, outputs=False)
         return EpropRecording(recorder, TopCapture(model), self.feedback.capture(model))
 
@@ -178,6 +220,8 @@ class EpropLearner:
                  "threshold": grads["threshold"] * theta,  # the parameter is log θ
                  "decay": grads["decay"] * decay * (1 - decay)}  # the parameter is logit d
         for role, name in t.roles.items():
+            if self.weights[name] == 0:
+                continue
             self._sums[name] = self._sums.get(name, 0.0) + chain[role].detach()
 
     def step(self) -> bool:
@@ -191,7 +235,7 @@ class EpropLearner:
         grads = {k[2:]: v / count for k, v in payload.items()}
         norm = float(torch.stack([v.float().pow(2).sum() for v in grads.values()]).sum().sqrt())
         finite = bool(torch.isfinite(torch.tensor(norm)))
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = self.optimizer.param_groups[0]["lr"]  # the top block's (groups are sorted by weight)
         if finite:
             scale = 1.0
             if self.max_grad_norm is not None and norm > self.max_grad_norm:
@@ -211,11 +255,20 @@ class EpropLearner:
         self.reset()
         return finite
 
+    def owned_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters this learner owns, by name (empty before ``setup``)."""
+        return dict(self._params)
+
     def reset(self) -> None:
         self._sums: dict[str, Tensor] = {}
         self._targets = 0.0
         self._micro = 0
         self._observe_s = 0.0
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path | None:
+        """Write what the adapter was trained with beside it (``random``: the feedback matrices); None if nothing."""
+        save = getattr(self.feedback, "save_pretrained", None)
+        return save(directory) if save is not None else None
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "optimizer": self.optimizer.state_dict(),
@@ -232,4 +285,4 @@ class EpropLearner:
 
     def __repr__(self) -> str:
         return (f"EpropLearner(params={self.params!r}, lr={self.lr}, feedback={self.feedback.name!r}, "
-                f"optimizer={self.optimizer_name!r})")
+                f"top_blocks={self.top_blocks}, block_decay={self.block_decay}, optimizer={self.optimizer_name!r})")

@@ -25,21 +25,10 @@ from .stdp import _flat_pairs, stdp_update
 __all__ = ["local_factor_updates", "projected_factor_grads"]
 
 
-def projected_factor_grads(
-    s_pre: Tensor,
-    x_pre: Tensor,
-    s_post: Tensor,
-    x_post: Tensor,
-    lora_A: Tensor,
-    lora_B: Tensor,
-    *,
-    scaling: float,
-    a_plus: float = 1.0,
-    a_minus: float = 1.0,
-    row_weight: Tensor | None = None,
-    mask: Tensor | None = None,
-    reduction: str = "mean",
-) -> tuple[Tensor, Tensor]:
+def projected_factor_grads(s_pre: Tensor, x_pre: Tensor, s_post: Tensor, x_post: Tensor, lora_A: Tensor, lora_B: Tensor,
+                           *, scaling: float, a_plus: float = 1.0, a_minus: float = 1.0,
+                           row_weight: Tensor | None = None, mask: Tensor | None = None,
+                           reduction: str = "mean") -> tuple[Tensor, Tensor]:
     """Full-rank STDP projected onto LoRA factors: ``(G_A, G_B) = (s Bᵀ G, s G Aᵀ)`` with ``G = −ΔW``, no out x in.
 
     ``s_pre``, ``x_pre``: ``[..., L, in]`` (spikes and traces entering the adapted linear); ``s_post``,
@@ -67,21 +56,10 @@ def projected_factor_grads(
     return grad_a, grad_b
 
 
-def local_factor_updates(
-    s_in: Tensor,
-    s_h: Tensor,
-    s_out: Tensor | None = None,
-    *,
-    decay_pre: float | Tensor,
-    decay_post: float | Tensor,
-    a_plus: float = 1.0,
-    a_minus: float = 1.0,
-    inclusive: bool = True,
-    reset: Tensor | None = None,
-    mask: Tensor | None = None,
-    row_weight: Tensor | None = None,
-    reduction: str = "mean",
-) -> tuple[Tensor, Tensor | None]:
+def local_factor_updates(s_in: Tensor, s_h: Tensor, s_out: Tensor | None = None, *, decay_pre: float | Tensor,
+                         decay_post: float | Tensor, a_plus: float = 1.0, a_minus: float = 1.0, inclusive: bool = True,
+                         reset: Tensor | None = None, mask: Tensor | None = None, row_weight: Tensor | None = None,
+                         reduction: str = "mean") -> tuple[Tensor, Tensor | None]:
     """Local STDP on the bottleneck: ``ΔA = STDP(S_in → S_h)`` ``[r, in]``, ``ΔB = STDP(S_h → S_out)`` ``[out, r]``.
 
     Each factor is its own pre→post synapse with its own traces (:func:`~.stdp.stdp_update`); ``ΔB`` is ``None``

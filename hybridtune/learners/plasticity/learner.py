@@ -160,8 +160,6 @@ class PlasticLearner(abc.ABC):
         noise = None
         if self.escape:
             noise = EscapeNoise([t for t in self.targets if self._noisy(t)], self.beta, self._generator())
-        if self._micro == 0 and torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
         return PlasticRecording(recorder, noise)
 
     def observe(self, obs: Observation) -> None:
@@ -202,6 +200,10 @@ class PlasticLearner(abc.ABC):
         self._summarise(payload, norms, metrics, finite)
         self.reset()
         return finite
+
+    def owned_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters this learner owns, by name (empty before ``setup``)."""
+        return dict(self._params)
 
     def reset(self) -> None:
         self._sums: dict[str, Tensor] = {}
@@ -443,6 +445,6 @@ class PlasticLearner(abc.ABC):
                 metrics.update({f"update_norm/{k}": v for k, v in norms.items()})
         metrics.update({"steps": float(self.steps), "applied": float(applied), "observe_s": self._observe_s,
                         "record_mb": self._record_bytes / 2**20})
-        if torch.cuda.is_available():
+        if torch.cuda.is_available():  # the process's peak since the caller last reset it (a library never resets it)
             metrics["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
         self._last = metrics

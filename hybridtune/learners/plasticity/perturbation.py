@@ -28,8 +28,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from hybridtune.adapters.sequence import SequenceInfo
 from hybridtune.learners.escape import noise_projections
 from hybridtune.learners.plasticity.targets import FactorTarget
 from hybridtune.learners.plasticity.traces import discounted_reverse_cumsum
@@ -53,17 +54,17 @@ def node_noise(shape: tuple[int, ...], seed: int, layer: str, node: str, pair: i
     return torch.randn(shape, generator=gen, device=device)
 
 
-class _BottleneckNoise(nn.Module):
-    """Stands in a layer's ``lora_dropout[adapter]``: adds ``δ = sign σ ξ (A Aᵀ)⁻¹ A`` so that ``δ Aᵀ = sign σ ξ``
-    reaches the bottleneck current; ``base_correction`` keeps the frozen base output clean."""
+class _BottleneckNoise:
+    """The layer's input perturbation (``SpikingLoraLinear.set_input_perturbation``): adds
+    ``δ = sign σ ξ (A Aᵀ)⁻¹ A`` so that ``δ Aᵀ = sign σ ξ`` reaches the bottleneck current; ``base_correction`` keeps
+    the frozen base output clean."""
 
     def __init__(self, target: FactorTarget, projection: Tensor, scale: Tensor, seed: int, pair: int, sign: float):
-        super().__init__()
         self.target, self.projection, self.scale = target, projection, scale
-        self.seed, self.pair, self.sign, self.p = seed, pair, sign, 0.0
+        self.seed, self.pair, self.sign = seed, pair, sign
         self._eps: Tensor | None = None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def perturb(self, x: Tensor, info: SequenceInfo | None) -> Tensor:
         shape = (*x.shape[:-1], self.projection.shape[0])
         xi = node_noise(shape, self.seed, self.target.layer, "h", self.pair, x.device)
         self._eps = self.sign * xi * self.scale.to(x.device)
@@ -80,14 +81,13 @@ def perturbed(targets: list[FactorTarget], sigma_h: dict[str, Tensor], sigma_o: 
     """While active, every target's bottleneck current gets ``sign · σ_h ξ`` (``sigma_h`` per layer, ``[r]``) and,
     if ``sigma_o > 0``, its layer output ``sign · σ_o ζ``; the same ``(seed, pair)`` gives the same draws."""
     projections = noise_projections({t.layer: t.lora_A for t in targets})
-    saved, handles = [], []
+    noisy, handles = [], []
     try:
         for t in targets:
             if t.layer in sigma_h:
-                original = t.module.lora_dropout[t.adapter]
-                t.module.lora_dropout[t.adapter] = _BottleneckNoise(t, projections[t.layer], sigma_h[t.layer], seed,
-                                                                    pair, sign)
-                saved.append((t, original))
+                t.module.set_input_perturbation(
+                    t.adapter, _BottleneckNoise(t, projections[t.layer], sigma_h[t.layer], seed, pair, sign))
+                noisy.append(t)
             if sigma_o > 0:
                 def add_output_noise(module, args, out, layer=t.layer):
                     zeta = node_noise(tuple(out.shape), seed, layer, "o", pair, out.device)
@@ -95,7 +95,7 @@ def perturbed(targets: list[FactorTarget], sigma_h: dict[str, Tensor], sigma_o: 
                 handles.append(t.module.register_forward_hook(add_output_noise))
         yield
     finally:
-        for t, original in saved:
-            t.module.lora_dropout[t.adapter] = original
+        for t in noisy:
+            t.module.set_input_perturbation(t.adapter, None)
         for h in handles:
             h.remove()

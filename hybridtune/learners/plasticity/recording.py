@@ -1,10 +1,10 @@
 """What a plastic learner's ``recording(model)`` sets up: the spike recorder and, in escape mode, membrane noise.
 
-Escape noise: while recording, each owned adapter's dropout slot (which the spiking layer applies to the *adapter's*
-input only, adding the base contribution of the difference back exactly) is replaced by a module that adds
-``δ = η (A Aᵀ)⁻¹ A``, so the bottleneck membrane receives logistic noise ``η`` and the frozen base output is
+Escape noise: while recording, each owned adapter gets an input perturbation switched on
+(``SpikingLoraLinear.set_input_perturbation``: the layer applies it to the *adapter's* input only, in place of its
+dropout, and adds the base contribution of the difference back exactly) that adds ``δ = η (A Aᵀ)⁻¹ A``, so the bottleneck membrane receives logistic noise ``η`` and the frozen base output is
 unchanged. For LIF ``η[t] = ε[t] − d (1 − reset[t]) ε[t−1]``, so the membrane holds exactly ``ε[t]`` at step t and
-noise never accumulates: a clean escape-noise neuron, ``P(s[t] = 1 | past) = σ(β (v[t] − θ))``. The module keeps
+noise never accumulates: a clean escape-noise neuron, ``P(s[t] = 1 | past) = σ(β (v[t] − θ))``. It keeps
 the noise-free bottleneck current ``h = x Aᵀ`` of every call for the learner's score function, and replays its
 perturbation if gradient checkpointing re-runs the forward. Outside ``recording`` the neurons are deterministic.
 
@@ -31,10 +31,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from hybridtune.adapters.sequence import SequenceInfo
 from hybridtune.learners.escape import logistic_noise, noise_projections
 from hybridtune.learners.plasticity.targets import FactorTarget
+from hybridtune.neurons.stats import recomputing
 
 __all__ = ["EscapeNoise", "PlasticRecording", "target_key"]
 
@@ -45,21 +47,14 @@ def target_key(target: FactorTarget | tuple[str, str]) -> str:
 
 
 # -- escape noise ---------------------------------------------------------------------------------------------------
-class _NoisyAdapterInput(nn.Module):
-    """Stands in a spiking layer's ``lora_dropout[adapter]`` while recording: adds the escape-noise perturbation."""
+class _NoisyAdapterInput:
+    """The escape-noise input perturbation of one target (an ``InputPerturbation`` of the spiking layer)."""
 
-    def __init__(self, noise: EscapeNoise, target: FactorTarget, original: nn.Module):
-        super().__init__()
+    def __init__(self, noise: EscapeNoise, target: FactorTarget):
         self.noise, self.target = noise, target
-        self.original = [original]  # a list: not registered as a submodule, so the model's module tree is unchanged
-        self.p = getattr(original, "p", 0.0)  # the layer compares dropout rates of co-active adapters
-        if self.p > 0:  # the score function needs the very input the bottleneck saw; dropout would hide it
-            raise ValueError(f"escape noise on {target.layer}: lora_dropout={self.p} is not supported; set the "
-                             "adapter's dropout to 0 for rstdp with escape: true")
+        self._eps: Tensor | None = None
 
-    def forward(self, x: Tensor) -> Tensor:
-        from hybridtune.neurons.stats import recomputing
-
+    def perturb(self, x: Tensor, info: SequenceInfo | None) -> Tensor:
         t = self.target
         key = target_key(t)
         if recomputing():  # gradient checkpointing re-runs the forward: replay the same perturbation
@@ -75,7 +70,6 @@ class _NoisyAdapterInput(nn.Module):
             eps = logistic_noise(tuple(h.shape), self.noise.beta[key], generator=self.noise.generator,
                                  device=h.device)
             if t.kind == "lif":  # η[t] = ε[t] − d (1 − reset[t]) ε[t−1]: the membrane holds exactly ε[t]
-                info = t.module.sequence_info
                 keep = torch.ones(h.shape[:2], dtype=h.dtype, device=h.device)
                 if info is not None and info.matches(h.shape[0], h.shape[1]) and info.reset is not None:
                     keep = (~info.reset.to(h.device)).to(h.dtype)
@@ -103,17 +97,20 @@ class EscapeNoise:
         self.targets, self.beta, self.generator = targets, beta, generator
         self.currents: dict[str, list[Tensor]] = {}
         self.replay: dict[str, Tensor] = {}
-        self._saved: list[tuple[FactorTarget, nn.Module]] = []
+        self._on: list[FactorTarget] = []
 
     def __enter__(self) -> EscapeNoise:
         self._proj = noise_projections({target_key(t): t.lora_A for t in self.targets})
         try:
             for t in self.targets:
-                original = t.module.lora_dropout[t.adapter]
-                t.module.lora_dropout[t.adapter] = _NoisyAdapterInput(self, t, original)
-                self._saved.append((t, original))
+                try:
+                    t.module.set_input_perturbation(t.adapter, _NoisyAdapterInput(self, t))
+                except ValueError as err:  # the score function needs the very input the bottleneck saw
+                    raise ValueError(f"escape noise on {t.layer}: {err}; set the adapter's dropout to 0 for rstdp "
+                                     "with escape: true") from None
+                self._on.append(t)
         except Exception:
-            self.__exit__(None, None, None)  # leave no layer half-swapped
+            self.__exit__(None, None, None)  # leave no layer with the noise on
             raise
         return self
 
@@ -122,9 +119,9 @@ class EscapeNoise:
         return self._proj[target_key(target)]
 
     def __exit__(self, *exc: Any) -> None:
-        for t, original in self._saved:
-            t.module.lora_dropout[t.adapter] = original
-        self._saved, self.replay = [], {}
+        for t in self._on:
+            t.module.set_input_perturbation(t.adapter, None)
+        self._on, self.replay = [], {}
 
     def pop_current(self, key: str) -> Tensor | None:
         calls = self.currents.get(key)

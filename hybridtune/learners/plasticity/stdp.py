@@ -42,15 +42,8 @@ def _batch_count(s: Tensor, reduction: str) -> float:
     raise ValueError(f"reduction must be 'mean' or 'sum' (got {reduction!r})")
 
 
-def _flat_pairs(
-    s_pre: Tensor,
-    x_pre: Tensor,
-    s_post: Tensor,
-    x_post: Tensor,
-    row_weight: Tensor | None,
-    mask: Tensor | None,
-    reduction: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
+def _flat_pairs(s_pre: Tensor, x_pre: Tensor, s_post: Tensor, x_post: Tensor, row_weight: Tensor | None,
+                mask: Tensor | None, reduction: str) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
     """Check shapes; flatten to N = batch x tokens rows; mask pre spikes; weight the post side's rows."""
     for name, t in (("s_pre", s_pre), ("x_pre", x_pre), ("s_post", s_post), ("x_post", x_post)):
         _check_spikes(t, name)
@@ -82,16 +75,8 @@ def _flat_pairs(
     return sp, xp, so, xo, denom
 
 
-def stdp_terms(
-    s_pre: Tensor,
-    x_pre: Tensor,
-    s_post: Tensor,
-    x_post: Tensor,
-    *,
-    row_weight: Tensor | None = None,
-    mask: Tensor | None = None,
-    reduction: str = "mean",
-) -> tuple[Tensor, Tensor]:
+def stdp_terms(s_pre: Tensor, x_pre: Tensor, s_post: Tensor, x_post: Tensor, *, row_weight: Tensor | None = None,
+               mask: Tensor | None = None, reduction: str = "mean") -> tuple[Tensor, Tensor]:
     """The two correlation GEMMs of pair STDP: ``(LTP, LTD) = (S_postᵀ X_pre, X_postᵀ S_pre) / B``.
 
     ``s_pre``, ``x_pre``: ``[..., L, in]``; ``s_post``, ``x_post``: ``[..., L, out]`` (traces from
@@ -109,18 +94,9 @@ def stdp_terms(
     return (so.T @ xp) / denom, (xo.T @ sp) / denom
 
 
-def stdp_delta(
-    s_pre: Tensor,
-    x_pre: Tensor,
-    s_post: Tensor,
-    x_post: Tensor,
-    *,
-    a_plus: float = 1.0,
-    a_minus: float = 1.0,
-    row_weight: Tensor | None = None,
-    mask: Tensor | None = None,
-    reduction: str = "mean",
-) -> Tensor:
+def stdp_delta(s_pre: Tensor, x_pre: Tensor, s_post: Tensor, x_post: Tensor, *, a_plus: float = 1.0,
+               a_minus: float = 1.0, row_weight: Tensor | None = None, mask: Tensor | None = None,
+               reduction: str = "mean") -> Tensor:
     """ΔW from precomputed traces: ``(A+ S_postᵀ X_pre − A− X_postᵀ S_pre) / B`` as one GEMM plus one GEMM-accumulate.
 
     For learners that compute the traces themselves (e.g. carrying them across calls with ``trace_scan(initial=)``).
@@ -135,21 +111,10 @@ def stdp_delta(
     return torch.mm(so.T, xp).mul_(a_plus / denom).addmm_(xo.T, sp, alpha=-a_minus / denom)
 
 
-def stdp_update(
-    s_pre: Tensor,
-    s_post: Tensor,
-    *,
-    decay_pre: float | Tensor,
-    decay_post: float | Tensor,
-    a_plus: float = 1.0,
-    a_minus: float = 1.0,
-    inclusive: bool = True,
-    reset: Tensor | None = None,
-    mask: Tensor | None = None,
-    row_weight: Tensor | None = None,
-    reduction: str = "mean",
-    chunk: int | None = None,
-) -> Tensor:
+def stdp_update(s_pre: Tensor, s_post: Tensor, *, decay_pre: float | Tensor, decay_post: float | Tensor,
+                a_plus: float = 1.0, a_minus: float = 1.0, inclusive: bool = True, reset: Tensor | None = None,
+                mask: Tensor | None = None, row_weight: Tensor | None = None, reduction: str = "mean",
+                chunk: int | None = None) -> Tensor:
     """Whole-sequence STDP update ``ΔW = (A+ S_postᵀ X_pre − A− X_postᵀ S_pre) / B`` (traces by chunked scan).
 
     ``s_pre [..., L, in]``, ``s_post [..., L, out]`` → ``ΔW [out, in]``. ``decay_pre`` / ``decay_post`` are λ+ / λ−
@@ -178,21 +143,10 @@ def stdp_update(
     )
 
 
-def stdp_online_step(
-    s_pre_t: Tensor,
-    s_post_t: Tensor,
-    x_pre: Tensor,
-    x_post: Tensor,
-    *,
-    decay_pre: float | Tensor,
-    decay_post: float | Tensor,
-    a_plus: float = 1.0,
-    a_minus: float = 1.0,
-    inclusive: bool = True,
-    reset_t: Tensor | None = None,
-    mask_t: Tensor | None = None,
-    reduction: str = "mean",
-) -> tuple[Tensor, Tensor, Tensor]:
+def stdp_online_step(s_pre_t: Tensor, s_post_t: Tensor, x_pre: Tensor, x_post: Tensor, *, decay_pre: float | Tensor,
+                     decay_post: float | Tensor, a_plus: float = 1.0, a_minus: float = 1.0, inclusive: bool = True,
+                     reset_t: Tensor | None = None, mask_t: Tensor | None = None,
+                     reduction: str = "mean") -> tuple[Tensor, Tensor, Tensor]:
     """One token of online STDP (for loops where a reward arrives between steps); returns ``(ΔW_t, x_pre, x_post)``.
 
     ``x' = a x + u`` for both traces, then ``ΔW_t = (A+ s_postᵀ x̂_pre − A− x̂_postᵀ s_pre) / B`` where ``x̂ = x'``

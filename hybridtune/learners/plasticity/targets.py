@@ -76,8 +76,11 @@ class FactorTarget:
     def base_linear(self) -> tuple[Tensor, Tensor | None]:
         """The frozen base weight ``[out, in]`` and bias (``SpikingLinear``'s total bias, GPT-2 ``Conv1D`` transposed)."""
         base = self.module.get_base_layer()
-        weight = base.weight.t() if type(base).__name__ == "Conv1D" else base.weight
-        bias = base.bias_total() if hasattr(base, "bias_total") else base.bias
+        weight, bias = base.weight, (base.bias_total() if hasattr(base, "bias_total") else base.bias)
+        # an FSDP2-sharded base (trainer.sharding: fsdp) holds 1 / N of the weight: gather it (every rank observes
+        # the same targets in the same order, so the gathers pair up)
+        weight, bias = (t.full_tensor() if hasattr(t, "full_tensor") else t for t in (weight, bias))
+        weight = weight.t() if type(base).__name__ == "Conv1D" else weight
         return weight.detach(), (bias.detach() if bias is not None else None)
 
 

@@ -1,4 +1,4 @@
-"""Exponential traces over the token axis, computed by an exact chunked parallel scan.
+"""Exponential traces over the token axis, computed by the exact chunked parallel scan of ``hybridtune.ops.scan``.
 
 The recursion every plastic rule here builds on is, per channel and per sequence,
 
@@ -14,10 +14,7 @@ The recursion every plastic rule here builds on is, per channel and per sequence
 Layout: spikes ``[..., L, C]`` (time is dim -2), ``reset`` / ``mask`` ``[..., L]``. ``λ`` is one scalar in [0, 1].
 
 Why chunked: the textbook prefix form ``x[t] = λ^t Σ_k λ^-k s[k]`` overflows (``λ^-4096 = inf`` in float32 at
-τ = 4). Here no negative power is ever formed: inside a chunk of c tokens the trace is a GEMM with the decay matrix
-``M[t,k] = λ^(n(t)-n(k)) [k <= t][no reset in (k, t]]`` (n = running count of real tokens, so every entry is in
-[0, 1]); the chunk-final states are combined by the same construction one level up (a ``nC x nC`` matrix over
-chunks). Cost ``O(B L c C + B nC² C)``; with ``c ≈ sqrt(L)`` both levels are small GEMMs.
+τ = 4); :func:`hybridtune.ops.scan.decay_scan` never forms a negative power (see there).
 """
 
 from __future__ import annotations
@@ -26,6 +23,8 @@ import math
 
 import torch
 from torch import Tensor
+
+from hybridtune.ops.scan import auto_chunk, decay_scan
 
 __all__ = [
     "decay_from_tau",
@@ -115,15 +114,8 @@ def trace_step(
     return a[..., None] * x.to(dtype) + s_t
 
 
-def trace_sequential(
-    s: Tensor,
-    decay: float | Tensor,
-    *,
-    reset: Tensor | None = None,
-    mask: Tensor | None = None,
-    initial: Tensor | None = None,
-    inclusive: bool = True,
-) -> Tensor:
+def trace_sequential(s: Tensor, decay: float | Tensor, *, reset: Tensor | None = None, mask: Tensor | None = None,
+                     initial: Tensor | None = None, inclusive: bool = True) -> Tensor:
     """Reference: the trace recursion as a Python loop over tokens (slow; for tests and single-step use).
 
     ``x[t] = a[t] x[t-1] + u[t]`` for t = 0..L-1 with ``x[-1] = initial`` (zeros by default); returns ``x``
@@ -147,68 +139,8 @@ def trace_sequential(
     return torch.stack(out, dim=-2)
 
 
-def _auto_chunk(length: int) -> int:
-    # c ≈ sqrt(L) balances the c x c in-chunk GEMM against the nC x nC chunk-level GEMM.
-    c = 1 << max(0, math.ceil(0.5 * math.log2(max(1, length))))
-    return min(256, max(16, c))
-
-
-def _scan(
-    u: Tensor, lam: Tensor, valid: Tensor, reset: Tensor, initial: Tensor | None, inclusive: bool, chunk: int
-) -> Tensor:
-    """Chunked scan on flattened ``u [B, L, C]`` (already masked), ``valid`` / ``reset`` ``[B, L]``."""
-    bsz, length, ch = u.shape
-    dtype, dev = u.dtype, u.device
-    pad = (-length) % chunk
-    if pad:
-        # Padded tail = masked positions: no input, no decay, so it cannot change any real trace.
-        u = torch.nn.functional.pad(u, (0, 0, 0, pad))
-        valid = torch.nn.functional.pad(valid, (0, pad), value=False)
-        reset = torch.nn.functional.pad(reset, (0, pad), value=False)
-    n_chunks = (length + pad) // chunk
-    u = u.reshape(bsz, n_chunks, chunk, ch)
-    valid = valid.reshape(bsz, n_chunks, chunk)
-    reset = reset.reshape(bsz, n_chunks, chunk)
-
-    # Level 1: inside each chunk. n(t) = real tokens in [chunk start, t]; seg(t) = resets in [chunk start, t].
-    n = valid.cumsum(-1).to(dtype)
-    seg = reset.cumsum(-1)
-    keep = torch.ones(chunk, chunk, dtype=torch.bool, device=dev).tril(0 if inclusive else -1)
-    keep = keep & (seg[..., :, None] == seg[..., None, :])
-    expo = (n[..., :, None] - n[..., None, :]).clamp_min(0)
-    m_local = torch.where(keep, torch.pow(lam, expo), torch.zeros((), dtype=dtype, device=dev))
-    x = m_local @ u  # [B, nC, c, C]
-    # Gain from the state entering the chunk to position t: λ^n(t) if no reset in [chunk start, t], else 0.
-    gain = torch.where(seg == 0, torch.pow(lam, n), torch.zeros((), dtype=dtype, device=dev))
-
-    # Level 2: carry between chunks, h_j = G_j h_{j-1} + E_j, solved by the same decay-matrix construction.
-    end = x[:, :, -1, :] if inclusive else x[:, :, -1, :] + u[:, :, -1, :]  # E_j: inclusive end state, zero init
-    count = n[:, :, -1]
-    has_reset = (seg[:, :, -1] > 0).long()
-    c_incl, r_incl = count.cumsum(-1), has_reset.cumsum(-1)
-    c_prev, r_prev = c_incl - count, r_incl - has_reset  # C(j-1), R(j-1)
-    strict = torch.ones(n_chunks, n_chunks, dtype=torch.bool, device=dev).tril(-1)
-    keep2 = strict & (r_prev[:, :, None] == r_incl[:, None, :])
-    expo2 = (c_prev[:, :, None] - c_incl[:, None, :]).clamp_min(0)
-    m_chunks = torch.where(keep2, torch.pow(lam, expo2), torch.zeros((), dtype=dtype, device=dev))
-    carry = m_chunks @ end  # state entering chunk j
-    if initial is not None:
-        init_gain = torch.where(r_prev == 0, torch.pow(lam, c_prev), torch.zeros((), dtype=dtype, device=dev))
-        carry = carry + init_gain[..., None] * initial[:, None, :]
-    x = x + gain[..., None] * carry[:, :, None, :]
-    return x.reshape(bsz, n_chunks * chunk, ch)[:, :length]
-
-
-def trace_scan(
-    s: Tensor,
-    decay: float | Tensor,
-    *,
-    reset: Tensor | None = None,
-    mask: Tensor | None = None,
-    initial: Tensor | None = None,
-    inclusive: bool = True,
-    chunk: int | None = None,
-) -> Tensor:
+def trace_scan(s: Tensor, decay: float | Tensor, *, reset: Tensor | None = None, mask: Tensor | None = None,
+               initial: Tensor | None = None, inclusive: bool = True, chunk: int | None = None) -> Tensor:
     """Traces ``x[t] = a[t] x[t-1] + u[t]`` over the token axis by an exact chunked parallel scan.
 
     Same result as :func:`trace_sequential` (to rounding) with no loop over tokens and no ``λ^-t`` term, so it is
@@ -232,7 +164,7 @@ def trace_scan(
     valid = _flags(mask, s.shape[:-1], "mask", True, s.device)
     rst = _flags(reset, s.shape[:-1], "reset", False, s.device)
     if chunk is None:
-        chunk = _auto_chunk(length)
+        chunk = auto_chunk(length)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1 (got {chunk!r})")
     u = (s.to(dtype) * valid[..., None]).reshape(-1, length, ch)
@@ -242,18 +174,13 @@ def trace_scan(
             init = torch.broadcast_to(initial.to(dtype), (*lead, ch)).reshape(-1, ch)
         except RuntimeError:
             raise ValueError(f"initial must have shape {(*lead, ch)}, got {tuple(initial.shape)}") from None
-    x = _scan(u, lam, valid.reshape(-1, length), rst.reshape(-1, length), init, inclusive, chunk)
+    x = decay_scan(u, lam, reset=rst.reshape(-1, length), valid=valid.reshape(-1, length), initial=init,
+                   inclusive=inclusive, chunk=chunk)
     return x.reshape(s.shape)
 
 
-def reverse_trace_scan(
-    s: Tensor,
-    decay: float | Tensor,
-    *,
-    reset: Tensor | None = None,
-    mask: Tensor | None = None,
-    chunk: int | None = None,
-) -> Tensor:
+def reverse_trace_scan(s: Tensor, decay: float | Tensor, *, reset: Tensor | None = None, mask: Tensor | None = None,
+                       chunk: int | None = None) -> Tensor:
     """Reverse (anti-causal) traces ``y[k] = Σ_{t>=k} λ^(#real tokens in (k, t]) s[t]`` of ``s [..., L, C]``.
 
     The adjoint of :func:`trace_scan`: the sum stops at the next document start (``reset [..., L]``) and skips
@@ -277,19 +204,13 @@ def _reverse(s: Tensor, lam: Tensor, reset: Tensor | None, mask: Tensor | None, 
     valid_next = torch.cat([valid[..., 1:], torch.ones_like(valid[..., :1])], dim=-1)
     reset_next = torch.cat([rst[..., 1:], torch.zeros_like(rst[..., :1])], dim=-1)
     u = (s.to(dtype) * valid[..., None]).flip(-2).reshape(-1, length, ch)
-    y = _scan(u, lam, valid_next.flip(-1).reshape(-1, length), reset_next.flip(-1).reshape(-1, length), None, True,
-              chunk or _auto_chunk(length))
+    y = decay_scan(u, lam, reset=reset_next.flip(-1).reshape(-1, length), valid=valid_next.flip(-1).reshape(-1, length),
+                   chunk=chunk or auto_chunk(length))
     return y.reshape(s.shape).flip(-2)
 
 
-def discounted_reverse_cumsum(
-    r: Tensor,
-    gamma: float | Tensor,
-    *,
-    reset: Tensor | None = None,
-    mask: Tensor | None = None,
-    chunk: int | None = None,
-) -> Tensor:
+def discounted_reverse_cumsum(r: Tensor, gamma: float | Tensor, *, reset: Tensor | None = None,
+                              mask: Tensor | None = None, chunk: int | None = None) -> Tensor:
     """Reverse discounted cumsum ``y[k] = Σ_{t>=k} γ^(#real tokens in (k, t]) r[t]`` over the last axis.
 
     The sum stops at the next document start (``reset[t]`` True for some t in (k, t']) and skips padded positions

@@ -39,6 +39,22 @@ struct Cvt<__half> {
   static __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
 };
 
+// Two floats rounded to T and packed into one 32-bit word (bf16 / fp16 pairs), for 16-byte vector stores.
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float a, float b);
+
+template <>
+__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float a, float b) {
+  __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+
+template <>
+__device__ __forceinline__ uint32_t pack2<__half>(float a, float b) {
+  __half2 h = __floats2half2_rn(a, b);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+
 template <typename T>
 __device__ __forceinline__ float ld(const T* p, int64_t i) {
   return Cvt<T>::to_float(p[i]);
@@ -129,6 +145,26 @@ __device__ __forceinline__ float memoryless_backward(Neuron neuron, Surrogate su
   const float c = (gy + gs) * surrogate_grad(surrogate, round_to<T>(h - theta), slope);
   *gtheta -= c;
   return c;
+}
+
+// The element type a DType names, handed to a launcher as a tag: dispatch_dtype(dtype, [&](auto tag) {
+// using T = typename decltype(tag)::type; ... }) runs the launcher once with T = float, bf16 or fp16.
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+template <typename F>
+cudaError_t dispatch_dtype(DType dtype, F&& launch) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return launch(TypeTag<float>{});
+    case DType::kBFloat16:
+      return launch(TypeTag<__nv_bfloat16>{});
+    case DType::kFloat16:
+      return launch(TypeTag<__half>{});
+  }
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace detail

@@ -17,37 +17,20 @@ constexpr int kRK = 32;
 constexpr int kTM = 8;  // rows per thread
 constexpr int kTN = 8;  // columns per thread
 
-template <typename T>
-__device__ __forceinline__ void store8(T* dst, const float* v);
+template <typename T>  // bf16 / fp16: four packed pairs, one 16-byte store
+__device__ __forceinline__ void store8(T* dst, const float* v) {
+  uint4 w;
+  w.x = detail::pack2<T>(v[0], v[1]);
+  w.y = detail::pack2<T>(v[2], v[3]);
+  w.z = detail::pack2<T>(v[4], v[5]);
+  w.w = detail::pack2<T>(v[6], v[7]);
+  *reinterpret_cast<uint4*>(dst) = w;
+}
 
 template <>
 __device__ __forceinline__ void store8<float>(float* dst, const float* v) {
   reinterpret_cast<float4*>(dst)[0] = make_float4(v[0], v[1], v[2], v[3]);
   reinterpret_cast<float4*>(dst)[1] = make_float4(v[4], v[5], v[6], v[7]);
-}
-
-template <>
-__device__ __forceinline__ void store8<__nv_bfloat16>(__nv_bfloat16* dst, const float* v) {
-  uint4 w;
-  __nv_bfloat162 h0 = __floats2bfloat162_rn(v[0], v[1]), h1 = __floats2bfloat162_rn(v[2], v[3]);
-  __nv_bfloat162 h2 = __floats2bfloat162_rn(v[4], v[5]), h3 = __floats2bfloat162_rn(v[6], v[7]);
-  w.x = *reinterpret_cast<uint32_t*>(&h0);
-  w.y = *reinterpret_cast<uint32_t*>(&h1);
-  w.z = *reinterpret_cast<uint32_t*>(&h2);
-  w.w = *reinterpret_cast<uint32_t*>(&h3);
-  *reinterpret_cast<uint4*>(dst) = w;
-}
-
-template <>
-__device__ __forceinline__ void store8<__half>(__half* dst, const float* v) {
-  uint4 w;
-  __half2 h0 = __floats2half2_rn(v[0], v[1]), h1 = __floats2half2_rn(v[2], v[3]);
-  __half2 h2 = __floats2half2_rn(v[4], v[5]), h3 = __floats2half2_rn(v[6], v[7]);
-  w.x = *reinterpret_cast<uint32_t*>(&h0);
-  w.y = *reinterpret_cast<uint32_t*>(&h1);
-  w.z = *reinterpret_cast<uint32_t*>(&h2);
-  w.w = *reinterpret_cast<uint32_t*>(&h3);
-  *reinterpret_cast<uint4*>(dst) = w;
 }
 
 template <typename T, bool VEC>
@@ -147,15 +130,7 @@ cudaError_t launch_typed(const ExpandParams& p, cudaStream_t stream) {
 
 cudaError_t launch_expand(DType dtype, const ExpandParams& p, cudaStream_t stream) {
   if (p.M == 0 || p.N == 0) return cudaSuccess;
-  switch (dtype) {
-    case DType::kFloat32:
-      return launch_typed<float>(p, stream);
-    case DType::kBFloat16:
-      return launch_typed<__nv_bfloat16>(p, stream);
-    case DType::kFloat16:
-      return launch_typed<__half>(p, stream);
-  }
-  return cudaErrorInvalidValue;
+  return detail::dispatch_dtype(dtype, [&](auto tag) { return launch_typed<typename decltype(tag)::type>(p, stream); });
 }
 
 }  // namespace hybridtune

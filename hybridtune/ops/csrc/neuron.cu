@@ -58,36 +58,53 @@ __device__ __forceinline__ float lif_post(float v_pre, float s, float theta) {
   return s != 0.f ? detail::round_to<T>(v_pre - s * theta) : v_pre;
 }
 
+// What one LIF thread owns: lane = b * r + k (sequence b, rank k), the first row of its sequence, the size of one
+// split's partial-sum plane, and its rank's theta and decay rounded to T.
+struct LifLane {
+  int lane, k;
+  int64_t row0, plane;
+  float theta, decay;
+};
+
+template <typename T, typename Params>
+__device__ __forceinline__ LifLane lif_lane(const Params& p) {
+  const int lane = blockIdx.x * blockDim.x + threadIdx.x;
+  const int k = lane % p.r;
+  return {lane, k, static_cast<int64_t>(lane / p.r) * p.tokens, static_cast<int64_t>(p.batch) * p.tokens * p.r,
+          detail::round_to<T>(p.theta[k]), detail::round_to<T>(p.decay[k])};
+}
+
+// h[j] (the summed shrink partials, in T) and gain[j] (decay, 0 at a reset) of tokens t0 .. t0 + kChunk - 1.
+template <typename T, typename Params>
+__device__ __forceinline__ void lif_load_chunk(const Params& p, const LifLane& l, int t0, float* h, float* gain) {
+#pragma unroll
+  for (int j = 0; j < kChunk; ++j) {
+    const int64_t m = l.row0 + t0 + j;
+    const bool in = t0 + j < p.tokens;
+    h[j] = in ? detail::round_to<T>(sum_splits(p.partial, p.splits, l.plane, m * p.r + l.k)) : 0.f;
+    gain[j] = (in && p.reset != nullptr && p.reset[m]) ? 0.f : l.decay;
+  }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kLifThreads) lif_fwd_kernel(const NeuronFwdParams p) {
-  const int lane = blockIdx.x * blockDim.x + threadIdx.x;
-  if (lane >= p.batch * p.r) return;
-  const int b = lane / p.r, k = lane % p.r;
-  const int64_t M = static_cast<int64_t>(p.batch) * p.tokens;
-  const int64_t plane = M * p.r;
-  const float theta = detail::round_to<T>(p.theta[k]), decay = detail::round_to<T>(p.decay[k]);
+  const LifLane l = lif_lane<T>(p);
+  if (l.lane >= p.batch * p.r) return;
   T* spikes = static_cast<T*>(p.spikes);
-  float v = p.state != nullptr ? detail::round_to<T>(p.state[lane]) : 0.f;
-  const int64_t row0 = static_cast<int64_t>(b) * p.tokens;
+  float v = p.state != nullptr ? detail::round_to<T>(p.state[l.lane]) : 0.f;
   for (int t0 = 0; t0 < p.tokens; t0 += kChunk) {
     float h[kChunk], gain[kChunk];
-#pragma unroll
-    for (int j = 0; j < kChunk; ++j) {  // independent loads first, then the dependent chain
-      const int64_t m = row0 + t0 + j;
-      const bool in = t0 + j < p.tokens;
-      h[j] = in ? detail::round_to<T>(sum_splits(p.partial, p.splits, plane, m * p.r + k)) : 0.f;
-      gain[j] = (in && p.reset != nullptr && p.reset[m]) ? 0.f : decay;
-    }
+    lif_load_chunk<T>(p, l, t0, h, gain);  // independent loads first, then the dependent chain
 #pragma unroll
     for (int j = 0; j < kChunk; ++j) {
       if (t0 + j >= p.tokens) break;
       const float pre = lif_pre<T>(gain[j], v, h[j]);
-      const float s = detail::heaviside(pre, theta);
-      v = lif_post<T>(pre, s, theta);
-      detail::st(spikes, (row0 + t0 + j) * p.r + k, s);
+      const float s = detail::heaviside(pre, l.theta);
+      v = lif_post<T>(pre, s, l.theta);
+      detail::st(spikes, (l.row0 + t0 + j) * p.r + l.k, s);
     }
   }
-  p.state_out[lane] = v;
+  p.state_out[l.lane] = v;
 }
 
 template <typename T>
@@ -129,90 +146,69 @@ __global__ void __launch_bounds__(kRankTile * kRowTile) memoryless_bwd_kernel(co
 
 template <typename T>
 __global__ void __launch_bounds__(kLifThreads) lif_bwd_kernel(const NeuronBwdParams p) {
-  const int lane = blockIdx.x * blockDim.x + threadIdx.x;
-  if (lane >= p.batch * p.r) return;
-  const int b = lane / p.r, k = lane % p.r;
-  const int64_t M = static_cast<int64_t>(p.batch) * p.tokens;
-  const int64_t plane = M * p.r;
-  const float theta = detail::round_to<T>(p.theta[k]), decay = detail::round_to<T>(p.decay[k]);
+  const LifLane l = lif_lane<T>(p);
+  if (l.lane >= p.batch * p.r) return;
   const T* spikes = static_cast<const T*>(p.spikes);
   const T* grad_y = static_cast<const T*>(p.grad_y);
   const T* grad_spikes = static_cast<const T*>(p.grad_spikes);
   T* grad_h = static_cast<T*>(p.grad_h);
-  const int64_t row0 = static_cast<int64_t>(b) * p.tokens;
-  const float v_init = p.state != nullptr ? detail::round_to<T>(p.state[lane]) : 0.f;
+  const float v_init = p.state != nullptr ? detail::round_to<T>(p.state[l.lane]) : 0.f;
 
   // 1. forward re-run with the recorded spikes: v_pre[t] goes into partial slot 0 (this lane's own elements)
   float v = v_init;
   for (int t0 = 0; t0 < p.tokens; t0 += kChunk) {
     float h[kChunk], gain[kChunk], s[kChunk];
+    lif_load_chunk<T>(p, l, t0, h, gain);
 #pragma unroll
     for (int j = 0; j < kChunk; ++j) {
-      const int64_t m = row0 + t0 + j;
-      const bool in = t0 + j < p.tokens;
-      h[j] = in ? detail::round_to<T>(sum_splits(p.partial, p.splits, plane, m * p.r + k)) : 0.f;
-      gain[j] = (in && p.reset != nullptr && p.reset[m]) ? 0.f : decay;
-      s[j] = in ? detail::ld(spikes, m * p.r + k) : 0.f;
+      s[j] = t0 + j < p.tokens ? detail::ld(spikes, (l.row0 + t0 + j) * p.r + l.k) : 0.f;
     }
 #pragma unroll
     for (int j = 0; j < kChunk; ++j) {
       if (t0 + j >= p.tokens) break;
       const float pre = lif_pre<T>(gain[j], v, h[j]);
-      p.partial[(row0 + t0 + j) * p.r + k] = pre;
-      v = lif_post<T>(pre, s[j], theta);
+      p.partial[(l.row0 + t0 + j) * p.r + l.k] = pre;
+      v = lif_post<T>(pre, s[j], l.theta);
     }
   }
 
   // 2. adjoint scan, t = T-1 .. 0
-  float g_post = p.grad_state != nullptr ? p.grad_state[lane] : 0.f;
+  float g_post = p.grad_state != nullptr ? p.grad_state[l.lane] : 0.f;
   float gtheta = 0.f, gdecay = 0.f;
   for (int t = p.tokens - 1; t >= 0; --t) {
-    const int64_t m = row0 + t;
-    const int64_t i = m * p.r + k;
+    const int64_t m = l.row0 + t;
+    const int64_t i = m * p.r + l.k;
     const float pre = p.partial[i];
     const float s = detail::ld(spikes, i);
-    const float v_prev = t > 0 ? lif_post<T>(p.partial[i - p.r], detail::ld(spikes, i - p.r), theta) : v_init;
+    const float v_prev = t > 0 ? lif_post<T>(p.partial[i - p.r], detail::ld(spikes, i - p.r), l.theta) : v_init;
     const bool cut = p.reset != nullptr && p.reset[m];
     const float gy = detail::round_to<T>(detail::ld(grad_y, i) * p.scaling);
     const float gs = grad_spikes != nullptr ? detail::ld(grad_spikes, i) : 0.f;
-    const float c = (gy + gs) * detail::surrogate_grad(p.surrogate, detail::round_to<T>(pre - theta), p.slope);
+    const float c = (gy + gs) * detail::surrogate_grad(p.surrogate, detail::round_to<T>(pre - l.theta), p.slope);
     const float g_pre = g_post + c;
     detail::st(grad_h, i, g_pre);
     gtheta -= c + g_post * s;
     if (!cut) gdecay = fmaf(g_pre, v_prev, gdecay);
-    g_post = cut ? 0.f : g_pre * decay;
+    g_post = cut ? 0.f : g_pre * l.decay;
   }
-  p.grad_theta_part[lane] = gtheta;
-  if (p.grad_decay_part != nullptr) p.grad_decay_part[lane] = gdecay;
-  if (p.grad_state_in != nullptr) p.grad_state_in[lane] = g_post;  // = dL/dh[0] decay (1 - reset[0])
+  p.grad_theta_part[l.lane] = gtheta;
+  if (p.grad_decay_part != nullptr) p.grad_decay_part[l.lane] = gdecay;
+  if (p.grad_state_in != nullptr) p.grad_state_in[l.lane] = g_post;  // = dL/dh[0] decay (1 - reset[0])
 }
 
-template <typename T>
-cudaError_t fwd_typed(const NeuronFwdParams& p, cudaStream_t stream) {
-  const int M = p.batch * p.tokens;
+// One launch of a neuron kernel pair: LIF one thread per (sequence, rank); memoryless a grid of row blocks x rank
+// tiles (launched even without rows: the backward still writes its zero theta partials).
+template <typename Params>
+cudaError_t launch_typed(const Params& p, void (*lif)(const Params), void (*memoryless)(const Params),
+                         cudaStream_t stream) {
   if (p.neuron == Neuron::kLIF) {
     const int lanes = p.batch * p.r;
     if (lanes == 0) return cudaSuccess;
-    lif_fwd_kernel<T><<<(lanes + kLifThreads - 1) / kLifThreads, kLifThreads, 0, stream>>>(p);
-  } else {
-    if (M == 0 || p.r == 0) return cudaSuccess;
-    const dim3 grid(memoryless_grid_rows(M), (p.r + kRankTile - 1) / kRankTile);
-    memoryless_fwd_kernel<T><<<grid, dim3(kRankTile, kRowTile), 0, stream>>>(p);
-  }
-  return cudaGetLastError();
-}
-
-template <typename T>
-cudaError_t bwd_typed(const NeuronBwdParams& p, cudaStream_t stream) {
-  const int M = p.batch * p.tokens;
-  if (p.neuron == Neuron::kLIF) {
-    const int lanes = p.batch * p.r;
-    if (lanes == 0) return cudaSuccess;
-    lif_bwd_kernel<T><<<(lanes + kLifThreads - 1) / kLifThreads, kLifThreads, 0, stream>>>(p);
+    lif<<<(lanes + kLifThreads - 1) / kLifThreads, kLifThreads, 0, stream>>>(p);
   } else {
     if (p.r == 0) return cudaSuccess;
-    const dim3 grid(memoryless_grid_rows(M), (p.r + kRankTile - 1) / kRankTile);
-    memoryless_bwd_kernel<T><<<grid, dim3(kRankTile, kRowTile), 0, stream>>>(p);
+    const dim3 grid(memoryless_grid_rows(p.batch * p.tokens), (p.r + kRankTile - 1) / kRankTile);
+    memoryless<<<grid, dim3(kRankTile, kRowTile), 0, stream>>>(p);
   }
   return cudaGetLastError();
 }
@@ -224,27 +220,17 @@ int neuron_bwd_partial_rows(const NeuronBwdParams& p) {
 }
 
 cudaError_t launch_neuron_forward(DType dtype, const NeuronFwdParams& p, cudaStream_t stream) {
-  switch (dtype) {
-    case DType::kFloat32:
-      return fwd_typed<float>(p, stream);
-    case DType::kBFloat16:
-      return fwd_typed<__nv_bfloat16>(p, stream);
-    case DType::kFloat16:
-      return fwd_typed<__half>(p, stream);
-  }
-  return cudaErrorInvalidValue;
+  return detail::dispatch_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    return launch_typed(p, lif_fwd_kernel<T>, memoryless_fwd_kernel<T>, stream);
+  });
 }
 
 cudaError_t launch_neuron_backward(DType dtype, const NeuronBwdParams& p, cudaStream_t stream) {
-  switch (dtype) {
-    case DType::kFloat32:
-      return bwd_typed<float>(p, stream);
-    case DType::kBFloat16:
-      return bwd_typed<__nv_bfloat16>(p, stream);
-    case DType::kFloat16:
-      return bwd_typed<__half>(p, stream);
-  }
-  return cudaErrorInvalidValue;
+  return detail::dispatch_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    return launch_typed(p, lif_bwd_kernel<T>, memoryless_bwd_kernel<T>, stream);
+  });
 }
 
 }  // namespace hybridtune

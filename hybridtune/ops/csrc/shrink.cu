@@ -32,6 +32,19 @@ __device__ __forceinline__ void shrink_store(const ShrinkParams& p, int split, i
   }
 }
 
+// This block's tile: first row, first rank, split index and its K range [k_begin, k_end).
+struct BlockTile {
+  int m0, n0, split, k_begin, k_end;
+};
+
+template <int RT>
+__device__ __forceinline__ BlockTile block_tile(const ShrinkParams& p) {
+  const int split = blockIdx.z;
+  const int k_begin = split * p.k_split;
+  return {static_cast<int>(blockIdx.x) * kBM, static_cast<int>(blockIdx.y) * RT, split, k_begin,
+          min(p.K, k_begin + p.k_split)};
+}
+
 // 8 consecutive 16-bit elements of row `row` starting at column `col`, zero outside [0, rows) x [0, k_end).
 template <bool VEC>
 __device__ __forceinline__ uint4 load8(const uint16_t* base, int64_t ld, int row, int rows, int col, int k_end) {
@@ -72,11 +85,7 @@ __global__ void __launch_bounds__(kThreads) shrink_wmma_kernel(const ShrinkParam
   uint16_t* as = xs + kBM * LDS;
   float* cs = reinterpret_cast<float*>(smem);  // reused for the fp32 result once the K loop is done
 
-  const int m0 = blockIdx.x * kBM;
-  const int n0 = blockIdx.y * RT;
-  const int split = blockIdx.z;
-  const int k_begin = split * p.k_split;
-  const int k_end = min(p.K, k_begin + p.k_split);
+  const auto [m0, n0, split, k_begin, k_end] = block_tile<RT>(p);
   const uint16_t* x = static_cast<const uint16_t*>(p.x);
   const uint16_t* a = static_cast<const uint16_t*>(p.a);
   const int warp = threadIdx.x / 32;
@@ -153,11 +162,7 @@ __global__ void __launch_bounds__(kThreads) shrink_fma_kernel(const ShrinkParams
   __shared__ float xs[kBM][BK + 1];
   __shared__ __align__(16) float as[BK][APAD];  // transposed A tile: as[k][rank]
 
-  const int m0 = blockIdx.x * kBM;
-  const int n0 = blockIdx.y * RT;
-  const int split = blockIdx.z;
-  const int k_begin = split * p.k_split;
-  const int k_end = min(p.K, k_begin + p.k_split);
+  const auto [m0, n0, split, k_begin, k_end] = block_tile<RT>(p);
   const T* x = static_cast<const T*>(p.x);
   const T* a = static_cast<const T*>(p.a);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -261,15 +266,10 @@ void choose_shrink_split(int M, int K, int r, int num_sms, int* k_split, int* sp
 
 cudaError_t launch_shrink(DType dtype, const ShrinkParams& p, bool use_tensor_cores, cudaStream_t stream) {
   if (p.M == 0 || p.r == 0) return cudaSuccess;
-  switch (dtype) {
-    case DType::kFloat32:
-      return launch_typed<float>(p, false, stream);
-    case DType::kBFloat16:
-      return launch_typed<__nv_bfloat16>(p, use_tensor_cores, stream);
-    case DType::kFloat16:
-      return launch_typed<__half>(p, use_tensor_cores, stream);
-  }
-  return cudaErrorInvalidValue;
+  return detail::dispatch_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    return launch_typed<T>(p, use_tensor_cores && !std::is_same_v<T, float>, stream);  // no fp32 tensor-core path
+  });
 }
 
 }  // namespace hybridtune

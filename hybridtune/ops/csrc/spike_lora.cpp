@@ -149,6 +149,24 @@ at::Tensor run_shrink(const at::Tensor& x2, const at::Tensor& A, const Shapes& s
   return partial;
 }
 
+// The fields the neuron kernels' forward and backward parameters share: the shrink's fp32 partial sums, the shapes,
+// the neuron, theta, the cap and the spikes (written by the forward, read by the backward); the caller sets the rest.
+template <typename Params>
+Params neuron_params(const at::Tensor& partial, int splits, const Shapes& s, Neuron nrn, const at::Tensor& theta,
+                     int64_t max_spikes, const at::Tensor& spikes) {
+  Params np;
+  np.partial = partial.data_ptr<float>();
+  np.splits = splits;
+  np.batch = static_cast<int>(s.batch);
+  np.tokens = static_cast<int>(s.tokens);
+  np.r = static_cast<int>(s.rank);
+  np.neuron = nrn;
+  np.theta = theta.data_ptr<float>();
+  np.max_spikes = static_cast<int>(max_spikes);
+  np.spikes = spikes.data_ptr();
+  return np;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spike_lora_fwd(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias, const at::Tensor& lora_A,
     const at::Tensor& lora_B, double scaling, std::string_view neuron, const at::Tensor& threshold,
@@ -185,19 +203,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spike_lora_fwd(
       at::Tensor partial = run_shrink(x2, A, s, dt, none, &splits, stream);
       const at::Tensor decay_f = as_kernel_f32(decay);
       at::Tensor reset_c = reset.has_value() ? reset->contiguous() : at::Tensor();
-      NeuronFwdParams np;
-      np.partial = partial.data_ptr<float>();
-      np.splits = splits;
-      np.batch = static_cast<int>(s.batch);
-      np.tokens = static_cast<int>(s.tokens);
-      np.r = static_cast<int>(s.rank);
-      np.neuron = nrn;
-      np.theta = theta.data_ptr<float>();
+      NeuronFwdParams np = neuron_params<NeuronFwdParams>(partial, splits, s, nrn, theta, max_spikes, spikes);
       np.decay = decay_f.data_ptr<float>();
       np.reset = reset_c.defined() ? reset_c.data_ptr<bool>() : nullptr;
       np.state = state_f.defined() ? state_f.data_ptr<float>() : nullptr;
-      np.max_spikes = static_cast<int>(max_spikes);
-      np.spikes = spikes.data_ptr();
       np.state_out = state_out_f.data_ptr<float>();
       C10_CUDA_CHECK(launch_neuron_forward(dt, np, stream));
     }
@@ -214,16 +223,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spike_lora_fwd(
       int splits = 1;
       at::Tensor partial = run_shrink(x2, A, s, dt, fused, &splits, stream);
       if (partial.defined()) {  // split K: the neuron runs after the partials are summed
-        NeuronFwdParams np;
-        np.partial = partial.data_ptr<float>();
-        np.splits = splits;
-        np.batch = static_cast<int>(s.batch);
-        np.tokens = static_cast<int>(s.tokens);
-        np.r = static_cast<int>(s.rank);
-        np.neuron = nrn;
-        np.theta = theta.data_ptr<float>();
-        np.max_spikes = static_cast<int>(max_spikes);
-        np.spikes = spikes.data_ptr();
+        const NeuronFwdParams np = neuron_params<NeuronFwdParams>(partial, splits, s, nrn, theta, max_spikes, spikes);
         C10_CUDA_CHECK(launch_neuron_forward(dt, np, stream));
       }
     }
@@ -297,22 +297,13 @@ std::vector<at::Tensor> spike_lora_bwd(
     at::Tensor reset_c = (lif && reset.has_value()) ? reset->contiguous() : at::Tensor();
     if (nrn == Neuron::kMT) y = at::empty({s.rows, s.rank}, x.options());
 
-    NeuronBwdParams bp;
-    bp.partial = partial.data_ptr<float>();
-    bp.splits = splits;
-    bp.batch = static_cast<int>(s.batch);
-    bp.tokens = static_cast<int>(s.tokens);
-    bp.r = static_cast<int>(s.rank);
-    bp.neuron = nrn;
+    NeuronBwdParams bp = neuron_params<NeuronBwdParams>(partial, splits, s, nrn, theta, max_spikes, spikes2);
     bp.surrogate = sur;
     bp.slope = static_cast<float>(slope);
     bp.scaling = static_cast<float>(scaling);
-    bp.theta = theta.data_ptr<float>();
     bp.decay = decay_f.data_ptr<float>();
     bp.reset = reset_c.defined() ? reset_c.data_ptr<bool>() : nullptr;
     bp.state = state_f.defined() ? state_f.data_ptr<float>() : nullptr;
-    bp.max_spikes = static_cast<int>(max_spikes);
-    bp.spikes = spikes2.data_ptr();
     bp.grad_y = grad_y.data_ptr();
     bp.grad_spikes = gs.defined() ? gs.data_ptr() : nullptr;
     bp.grad_state = gstate_f.defined() ? gstate_f.data_ptr<float>() : nullptr;

@@ -215,3 +215,69 @@ def test_resume_continues_the_same_trajectory_with_the_saved_random_feedback(tmp
         PartialState._reset_state()
     for name, p in full.owned.items():
         torch.testing.assert_close(resumed.owned[name], p, rtol=0, atol=0, msg=name)
+
+
+def test_random_feedback_is_saved_beside_the_adapter_and_reloaded(tmp_path):
+    """The matrices go into the adapter's save_pretrained directory (seeded: the same seed draws the same ones), and
+    a learner with another seed reuses them through feedback_from; a directory saved for other layers is refused."""
+    from safetensors import safe_open
+
+    from hybridtune.learners.eprop.feedback import FEEDBACK_FILE
+    from hybridtune.learners.protocol import save_beside_adapter
+
+    def build(targets=("q_proj", "up_proj"), **options):
+        model = adapted(tiny_model("llama"), list(targets))
+        owned = {n: p for n, p in model.named_parameters() if "lora_" in n}
+        ep = EpropLearner(params="lora_", feedback="random", **options)
+        ep.setup(SetupContext(model=model, accelerator=None, params=owned, total_steps=1))
+        return model, ep
+
+    model, first = build(seed=3)
+    model.save_pretrained(tmp_path / "adapter")
+    assert save_beside_adapter([first], tmp_path / "adapter") == [tmp_path / "adapter" / FEEDBACK_FILE]
+    with safe_open(str(tmp_path / "adapter" / FEEDBACK_FILE), "pt") as f:
+        assert f.metadata()["seed"] == "3" and len(list(f.keys())) == 4
+    assert all(torch.equal(first.feedback.matrices[k], build(seed=3)[1].feedback.matrices[k])
+               for k in first.feedback.matrices)
+    _, reloaded = build(seed=7, feedback_from=tmp_path / "adapter")
+    fresh = build(seed=7)[1].feedback.matrices
+    for k, m in first.feedback.matrices.items():
+        assert torch.equal(reloaded.feedback.matrices[k], m) and not torch.equal(fresh[k], m)
+    assert reloaded.feedback.seed == 3
+    with pytest.raises(ValueError, match="v_proj"):
+        build(targets=("v_proj",), feedback_from=tmp_path / "adapter")
+    residual = EpropLearner(params="lora_", feedback="residual")
+    assert residual.save_pretrained(tmp_path / "other") is None and not (tmp_path / "other").exists()
+    with pytest.raises(ValueError, match="feedback_from"):
+        EpropLearner(feedback="one_hop", feedback_from=tmp_path / "adapter")
+
+
+def test_a_train_run_writes_the_random_feedback_beside_its_adapter(tmp_path, monkeypatch):
+    """End to end through run_domain_adaptation with configs/learners/eprop.yaml switched to feedback: random: the
+    run's adapter directory holds the matrices the learner trained with."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from hybridtune.config import load_config
+    from hybridtune.learners.eprop.feedback import FEEDBACK_FILE
+    from hybridtune.testing import tiny_tokenizer
+    from hybridtune.trainers.domain import run_domain_adaptation
+
+    model_dir = tmp_path / "tiny-llama"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"def add{i}(a, b):\n    return a + b + {i}\n" for i in range(80)))
+    config = Path(__file__).parents[3] / "configs" / "learners" / "eprop.yaml"
+    cfg = load_config(config, [
+        f"model.name={model_dir}", "conversion.compensation=false", f"data.train={corpus}", "data.block_size=32",
+        "data.eval_tokens=128", "data.max_train_tokens=null", "trainer.steps=2", "trainer.batch_size=2",
+        "trainer.eval_every=2", "trainer.save_every=2", f"trainer.output_dir={tmp_path / 'run'}",
+        "tracking.backend=none", "adapter.target_modules=[v_proj, down_proj]", "learners.0.options.feedback=random",
+        "learners.0.options.seed=5"])
+    monkeypatch.setenv("HYBRIDTUNE_CACHE", str(tmp_path / "cache"))
+    report = run_domain_adaptation(cfg)
+    saved = load_file(str(Path(report["adapter_dir"]) / FEEDBACK_FILE))
+    assert len(saved) == 4 and all(v.shape[1] == 64 for v in saved.values())
+    assert any("v_proj" in k for k in saved) and any("down_proj" in k for k in saved)
