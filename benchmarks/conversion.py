@@ -79,6 +79,14 @@ def target_rows() -> list[ConversionConfig]:
     ]
 
 
+def clip_free_rows(quick: bool) -> list[ConversionConfig]:
+    """Which outlier handling a clip-free threshold still needs (all with compensation, as the target rows)."""
+    handling = (("clip_free",), ("hadamard_down", "clip_free"), ("rotate_heads", "hadamard_down", "clip_free"))
+    rows = [G(coverage=LI, divisor=8.0, phases=k, outliers=h, compensation=True) for k in (8, 6) for h in handling]
+    return rows + [G(coverage=LI, divisor=4.0, phases=4, outliers=("rotate", "hadamard_down", "channel_scale",
+                                                                    "clip_free"), compensation=True)]
+
+
 def pareto_rows(quick: bool) -> list[ConversionConfig]:
     """K x divisor x outlier handling (graded, base-2, dynamic mean|v| / divisor)."""
     grid = {4: (2.0, 3.0, 4.0), 6: (4.0, 6.0, 8.0), 8: (6.0, 8.0, 12.0)}
@@ -120,7 +128,8 @@ def if_rows(quick: bool) -> list[ConversionConfig]:
     return static + dynamic
 
 
-ROW_GROUPS = {"targets": lambda quick: target_rows(), "pareto": pareto_rows, "if": if_rows, "legacy": legacy_rows}
+ROW_GROUPS = {"targets": lambda quick: target_rows(), "clip_free": clip_free_rows, "pareto": pareto_rows,
+              "if": if_rows, "legacy": legacy_rows}
 
 
 def select_rows(groups: list[str], quick: bool) -> list[ConversionConfig]:
@@ -319,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ANN ppl {math.exp(ann_result['nll']):.4f} over {sum(m['tokens'] for m in data_meta.values())} tokens "
           f"({time.time() - started:.0f}s)", flush=True)
 
-    groups = (args.rows or ("targets,pareto" if args.quick else "targets,if,pareto,legacy")).split(",")
+    groups = (args.rows or ("targets,pareto" if args.quick else "targets,clip_free,if,pareto,legacy")).split(",")
     configs = select_rows(groups, args.quick)  # targets first: a run interrupted later still has them
     if args.only:
         configs = [c for c in configs if args.only in c.label or args.only in "+".join(c.coverage)]

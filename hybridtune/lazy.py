@@ -15,6 +15,21 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 
+def import_object(ref: str) -> Any:
+    """The object a ``"package.module:attr.sub"`` reference names (``ImportError`` / ``AttributeError`` as Python
+    raises them; callers turn them into their own error naming the key).
+
+    Example:
+        >>> import_object("hybridtune.lazy:import_object").__name__
+        'import_object'
+    """
+    module, _, attr = ref.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split(".") if attr else ():
+        obj = getattr(obj, part)
+    return obj
+
+
 def lazy_attributes(package: str, table: Mapping[str, str],
                     namespace: dict[str, Any]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``(__getattr__, __dir__)`` for ``package``: ``table`` maps a public name to the module defining it

@@ -31,23 +31,15 @@ from hybridtune.config.run import (
     read_yaml,
     save_config,
 )
-from hybridtune.config.sections import (
-    AdapterSection,
-    DataSection,
-    LearnerSpec,
-    ModelSection,
-    OpsSection,
-    TrackingSection,
-    TrainerSection,
-)
+from hybridtune.config.sections import *  # noqa: F403 -- every section class (sections.__all__)
+from hybridtune.config.sections import __all__ as _SECTIONS
 from hybridtune.config_schema import ConfigError, to_dict
 
 # The run config's ``conversion`` section is the conversion config itself (the name of earlier versions).
 ConversionSection = ConversionConfig
 
 __all__ = [
-    "ConfigError", "RunConfig", "TrainConfig", "ModelSection", "ConversionConfig", "ConversionSection",
-    "AdapterSection", "LearnerSpec", "DataSection", "TrainerSection", "TrackingSection", "OpsSection",
+    *_SECTIONS, "ConfigError", "RunConfig", "TrainConfig", "ConversionConfig", "ConversionSection",
     "ContinualSection", "ReplaySection", "RegularizerSection", "DEFAULT_DOMAINS", "load_config", "build_config",
     "load_quickstart", "quickstart_text", "save_config", "parse_override", "apply_overrides", "set_dotted",
     "is_override", "config_type", "read_yaml", "COVERAGE_LEVELS", "to_dict",

@@ -9,14 +9,8 @@ per-task adapters routed by task id. At the end: ``matrix.json``, ``heatmap.png`
 W&B table, and the adapters (``adapter/``). Metric definitions: :mod:`.metrics`; files and resume:
 :mod:`.state`.
 
-Example:
-    >>> import tempfile
-    >>> from peft import LoraConfig, get_peft_model
-    >>> from hybridtune.config import RunConfig
-    >>> from hybridtune.testing import tiny_model, tiny_batch
-    >>> model = get_peft_model(tiny_model("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    >>> cfg = RunConfig(); cfg.trainer.output_dir = tempfile.mkdtemp() + "/cl"
-    >>> cfg.trainer.steps, cfg.trainer.batch_size, cfg.tracking.backend = 2, 2, "none"
+Example (``model`` and ``cfg`` built as in :class:`hybridtune.trainers.Trainer`'s example):
+    >>> from hybridtune.testing import tiny_batch
     >>> a = Domain.from_blocks("a", tiny_batch(batch=8, seed=0), tiny_batch(batch=2, seed=1))
     >>> b = Domain.from_blocks("b", tiny_batch(batch=8, seed=2), tiny_batch(batch=2, seed=3))
     >>> report = ContinualTrainer(model, cfg, [a, b]).fit()   # doctest: +SKIP

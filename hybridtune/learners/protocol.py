@@ -126,6 +126,17 @@ class ParameterOwner(Protocol):
     def owned_parameters(self) -> Mapping[str, torch.nn.Parameter]: ...
 
 
+class OwnsParameters:
+    """Mixin for learners that keep their parameters in ``self._params`` (filled by ``setup``): implements
+    :class:`ParameterOwner` once for all of them."""
+
+    _params: dict[str, torch.nn.Parameter]
+
+    def owned_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The parameters this learner owns, by name (empty before ``setup``)."""
+        return dict(getattr(self, "_params", {}))
+
+
 def owned_parameters(learner: Any) -> dict[str, torch.nn.Parameter]:
     """The parameters ``learner`` owns (see :class:`ParameterOwner`); a TypeError if it does not say."""
     if not isinstance(learner, ParameterOwner):

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..config_schema import build, closest
+from ..lazy import import_object
 from . import options as builtin_options
 from .protocol import Learner, check_learner
 
@@ -94,14 +95,10 @@ def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
 
 
 def _load(ref: str, what: str) -> Callable[..., Learner]:
-    module_name, _, attr = ref.partition(":")
     try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
+        return import_object(ref)
     except (ImportError, AttributeError) as exc:
         raise UnknownLearnerError(f"{what}: cannot import {ref!r}: {exc}") from exc
-    return obj
 
 
 def available_learners() -> list[str]:

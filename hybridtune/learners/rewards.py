@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hybridtune.lazy import import_object
 from hybridtune.perplexity import causal_lm_nll
 
 from .protocol import Observation
@@ -181,12 +181,9 @@ def _import(ref: str) -> Any:
     if not module or not attr:
         raise ValueError(f"reward reference {ref!r} must look like 'package.module:function'")
     try:
-        obj: Any = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
+        return import_object(ref)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"reward {ref!r} cannot be imported: {exc}") from None
-    return obj
 
 
 def _tokenizer(tokenizer: Any) -> Any:

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .protocol import Observation, ParamSpec, SetupContext
+from .protocol import Observation, OwnsParameters, ParamSpec, SetupContext
 
 _HF_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
                  "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
@@ -66,7 +66,7 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, warmup_steps: i
                      f"torch.optim.lr_scheduler class name (e.g. StepLR) with scheduler_kwargs")
 
 
-class SurrogateLearner:
+class SurrogateLearner(OwnsParameters):
     """Backprop learner. ``None`` for scheduler / warmup / weight decay means the trainer's default.
 
     Args:
@@ -150,9 +150,6 @@ class SurrogateLearner:
         self._last = {"lr": lr, "grad_norm": norm}
         return applied
 
-    def owned_parameters(self) -> dict[str, torch.nn.Parameter]:
-        """The parameters this learner owns, by name (empty before ``setup``)."""
-        return dict(self._params)
 
     def reset(self) -> None:
         if self.optimizer is not None:

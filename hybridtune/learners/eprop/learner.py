@@ -55,7 +55,7 @@ from hybridtune.learners.eprop.feedback import FeedbackPath, feedback_path
 from hybridtune.learners.eprop.rule import eprop_factor_grads
 from hybridtune.learners.eprop.top import TopCapture, top_error
 from hybridtune.learners.plasticity.targets import FactorTarget, find_targets
-from hybridtune.learners.protocol import Observation, ParamSpec, SetupContext, mean_across_ranks
+from hybridtune.learners.protocol import Observation, OwnsParameters, ParamSpec, SetupContext, mean_across_ranks
 from hybridtune.learners.surrogate import build_scheduler, resolve_optimizer
 
 __all__ = ["EpropLearner", "EpropRecording", "TOP_BLOCKS", "BLOCK_DECAY"]
@@ -85,7 +85,7 @@ class EpropRecording(ExitStack):
         return self
 
 
-class EpropLearner:
+class EpropLearner(OwnsParameters):
     """e-prop on spiking LoRA factors (see the module docstring).
 
     Args:
@@ -255,9 +255,6 @@ class EpropLearner:
         self.reset()
         return finite
 
-    def owned_parameters(self) -> dict[str, nn.Parameter]:
-        """The parameters this learner owns, by name (empty before ``setup``)."""
-        return dict(self._params)
 
     def reset(self) -> None:
         self._sums: dict[str, Tensor] = {}

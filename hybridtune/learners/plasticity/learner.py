@@ -44,7 +44,7 @@ from hybridtune.learners.narrow import narrow_post_terms, narrow_pre_terms, trac
 from hybridtune.learners.plasticity import decay_from_tau, hard_bound, oja_delta, soft_bound_delta
 from hybridtune.learners.plasticity.recording import EscapeNoise, PlasticRecording, target_key
 from hybridtune.learners.plasticity.targets import FactorTarget, find_targets
-from hybridtune.learners.protocol import Observation, ParamSpec, SetupContext, mean_across_ranks
+from hybridtune.learners.protocol import Observation, OwnsParameters, ParamSpec, SetupContext, mean_across_ranks
 
 __all__ = ["PlasticLearner", "PairJob", "Activity", "target_key"]
 
@@ -87,7 +87,7 @@ class PairJob:
     wide_factor: Tensor | None = None  # set: the wide activity is ``wide @ wide_factorᵀ`` (never formed)
 
 
-class PlasticLearner(abc.ABC):
+class PlasticLearner(OwnsParameters, abc.ABC):
     """Shared machinery of ``stdp`` and ``rstdp`` (options documented on :class:`~hybridtune.learners.plasticity.stdp_learner.STDPLearner`)."""
 
     uses_backward = False
@@ -201,9 +201,6 @@ class PlasticLearner(abc.ABC):
         self.reset()
         return finite
 
-    def owned_parameters(self) -> dict[str, nn.Parameter]:
-        """The parameters this learner owns, by name (empty before ``setup``)."""
-        return dict(self._params)
 
     def reset(self) -> None:
         self._sums: dict[str, Tensor] = {}
