@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timing pairs per row")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calib-tokens", type=int, default=2048)
-    parser.add_argument("--only", default=None, help="run only rows whose label or coverage contains this text")
+    parser.add_argument("--only", default=None, help="run only rows whose label or coverage contains this text ('a|b': either)")
     parser.add_argument("--rows", default=None,
                         help=f"comma-separated row groups, in order: {', '.join(ROW_GROUPS)} (default: all; --quick: "
                              "targets,pareto)")
@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     groups = (args.rows or ("targets,pareto" if args.quick else "targets,clip_free,if,pareto,legacy")).split(",")
     configs = select_rows(groups, args.quick)  # targets first: a run interrupted later still has them
     if args.only:
-        configs = [c for c in configs if args.only in c.label or args.only in "+".join(c.coverage)]
+        wanted = args.only.split("|")  # alternatives: a row is kept when its label or coverage contains any
+        configs = [c for c in configs if any(w in c.label or w in "+".join(c.coverage) for w in wanted)]
     header = {"ann_ppl_pooled": math.exp(ann_result["nll"]), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     rows = []
     for cfg in configs:
