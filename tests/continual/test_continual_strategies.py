@@ -22,15 +22,6 @@ from hybridtune.learners import SetupContext, SurrogateLearner
 from hybridtune.perplexity import model_nll
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread (several threads on a busy 2-core machine are ~100x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _blocks(n: int, fill: int, length: int = 6) -> dict[str, torch.Tensor]:
     ids = torch.full((n, length), fill) + torch.arange(n).view(-1, 1) * 0
     ids[:, 0] = torch.arange(n)  # a block id in column 0

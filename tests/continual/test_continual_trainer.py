@@ -23,15 +23,6 @@ from hybridtune.trainers import TrainerCallback
 STRIDES = (1, 39, 3)  # +1, -1, +3 (mod 40)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread (several threads on a busy 2-core machine are ~100x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _blocks(stride: int, n: int, seed: int, length: int = 20) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     start = torch.randint(0, 40, (n, 1), generator=gen)
