@@ -45,8 +45,10 @@ MODEL_NOTES = {"default": "default (SmolLM2-135M-Instruct, Q4_1 GGUF from llm-sm
                               "float32)"}
 LI = ("ffn_act", "linear_inputs")
 # graded, base-2, dynamic mean|v| / divisor, no compensation unless changed (the rows as measured; compensation
-# is the default of ConversionConfig, the headline row names it)
-G = functools.partial(ConversionConfig, compensation=False)
+# is the default of ConversionConfig, the headline row names it); unbounded unless a row gives phases, with exactly
+# the outlier handling it names (the config's bounded default, K = 8 + clip_free + compensation, is the first
+# clip_free row)
+G = functools.partial(ConversionConfig, compensation=False, phases=None, outliers=())
 
 
 ROTATE = ("rotate", "hadamard_down")  # residual rotation folded into the weights + online Hadamard at down_proj
@@ -128,8 +130,22 @@ def if_rows(quick: bool) -> list[ConversionConfig]:
     return static + dynamic
 
 
-ROW_GROUPS = {"targets": lambda quick: target_rows(), "clip_free": clip_free_rows, "pareto": pareto_rows,
-              "if": if_rows, "legacy": legacy_rows}
+def float_sink_rows(quick: bool) -> list[ConversionConfig]:
+    """The attention-sink token kept float and out of calibration (``float_sink``), where a bound hurts most: static
+    thresholds (its massive activations set every per-channel max) and small K."""
+    static = dict(phases=8, threshold="static", threshold_mode="max_abs", compensation=True)
+    return [
+        G(coverage=LI, divisor=127.0, outliers=(*STATIC, "float_sink"), **static),
+        G(coverage=LI, divisor=64.0, outliers=(*STATIC, "float_sink"), **static),
+        G(coverage=LI, divisor=48.0, outliers=(*STATIC, "float_sink"), **static),
+        G(coverage=LI, divisor=32.0, outliers=(*STATIC, "float_sink"), **static),
+        G(coverage=LI, divisor=8.0, phases=6, outliers=(*CLIP_FREE, "float_sink"), compensation=True),
+        G(coverage=LI, divisor=4.0, phases=4, outliers=(*CLIP_FREE, "float_sink"), compensation=True),
+    ]
+
+
+ROW_GROUPS = {"targets": lambda quick: target_rows(), "clip_free": clip_free_rows, "float_sink": float_sink_rows,
+              "pareto": pareto_rows, "if": if_rows, "legacy": legacy_rows}
 
 
 def select_rows(groups: list[str], quick: bool) -> list[ConversionConfig]:
@@ -297,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--domains", default=",".join(DOMAINS), help="comma-separated eval corpora (default: both)")
     parser.add_argument("--out", default=None, help="results JSON (default benchmarks/results/conversion.json; "
                                                     "--quick writes nothing unless given)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows already in --out (same model, data and ANN) and add only missing ones")
     parser.add_argument("--plot", default=None, metavar="DIR", help="also write the accounting PNGs here")
     parser.add_argument("--table", action="store_true", help="only print the README table of --out (or the default)")
     parser.add_argument("--retime", action="store_true",
@@ -328,13 +346,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ANN ppl {math.exp(ann_result['nll']):.4f} over {sum(m['tokens'] for m in data_meta.values())} tokens "
           f"({time.time() - started:.0f}s)", flush=True)
 
-    groups = (args.rows or ("targets,pareto" if args.quick else "targets,clip_free,if,pareto,legacy")).split(",")
+    groups = (args.rows or ("targets,pareto" if args.quick else "targets,clip_free,float_sink,if,pareto,legacy")).split(",")
     configs = select_rows(groups, args.quick)  # targets first: a run interrupted later still has them
     if args.only:
         wanted = args.only.split("|")  # alternatives: a row is kept when its label or coverage contains any
         configs = [c for c in configs if any(w in c.label or w in "+".join(c.coverage) for w in wanted)]
     header = {"ann_ppl_pooled": math.exp(ann_result["nll"]), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    rows = []
+    rows, commands = kept_rows(out, ann_result, args) if args.append else ([], [])
+    done = [ConversionConfig.from_dict(r["config"]) for r in rows]
+    configs = [c for c in configs if c not in done]
     for cfg in configs:
         t0 = time.time()
         snn = convert(share_copy(base), cfg, calib=calib)
@@ -408,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
                     "load_average_end": os.getloadavg()},
         "seed": 0,
         "command": "python benchmarks/conversion.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        **({"commands": [*commands, "python benchmarks/conversion.py " + " ".join(
+            sys.argv[1:] if argv is None else argv)]} if commands else {}),
         "hybridtune_version": __version__,
         "seconds": round(time.time() - started, 1),
     }
@@ -422,6 +444,19 @@ def main(argv: list[str] | None = None) -> int:
         _write(out, {**results, "complete": True})
         print(f"wrote {out}")
     return 0
+
+
+def kept_rows(out: str | None, ann_result: dict, args) -> tuple[list[dict], list[str]]:
+    """``--append``: the rows (and commands) already in ``out``, refused unless they were measured on the same
+    model, data and ANN."""
+    if out is None or not Path(out).is_file():
+        raise SystemExit(f"--append: no results file {out!r} to append to")
+    old = json.loads(Path(out).read_text())
+    same_ann = abs(old.get("ann_ppl_pooled", 0.0) - math.exp(ann_result["nll"])) < 1e-6
+    if not same_ann or old.get("model") != MODEL_NOTES.get(args.model, args.model):
+        raise SystemExit(f"--append: {out} was measured on another model or data (ANN {old.get('ann_ppl_pooled')})")
+    previous = old.get("command", "")
+    return old.get("rows", []), old.get("commands") or ([previous] if previous else [])
 
 
 def _write(out: str, results: dict) -> None:

@@ -10,7 +10,7 @@ python-docs blocks for the same number of optimizer steps (same token budget), t
 * ``eprop_residual`` / ``eprop_one_hop`` / ``eprop_random`` -- e-prop with the error at the top of the residual stream
   delivered through each feedback path (one backward through the final norm and ``lm_head`` only). ``residual``
   reaches only layers that write to the residual stream, so that row adapts ``o_proj`` / ``down_proj`` alone; only
-  the top ``--eprop-top-blocks`` blocks learn (the learner's default, 10; ``all`` for every block);
+  the top ``--eprop-top-blocks`` blocks learn (the learner's default, 6; ``all`` for every block);
 * ``mix_stdp_surrogate`` -- STDP on ``lora_A``, surrogate on ``lora_B`` and the neurons;
 * ``mix_rstdp_surrogate`` -- R-STDP on ``lora_A`` / ``lora_B``, surrogate on the neurons' thresholds / decays
   (opt-in with ``--variants``: it pays for a backward pass and the escape noise and learns little);
@@ -23,7 +23,9 @@ spike records -- and slows the step it watches, hence the split). Ratios are med
 kind, a warm-up, excluded) of a variant over the surrogate of the same seed, then the median over seeds. Held-out perplexity: after training, on the same held-out blocks for every variant; ``base_ppl``
 is the converted model before any adapter, ``start_ppl`` the converted model with the initialised adapters.
 ``grad_cosine``: after training, the cosine between the update each learner would apply and the true negative
-gradient, on held-out batches (:func:`hybridtune.learners.alignment.gradient_alignment`, per parameter group).
+gradient, on held-out batches (:func:`hybridtune.learners.alignment.gradient_alignment`), per parameter group and
+``all`` over the parameters the learner *updates* (eprop: the blocks within ``top_blocks`` only), ``all_owned`` over
+every parameter it owns (a parameter that never moves counts as a zero update against its gradient there).
 
 Writes ``benchmarks/results/learners.json``: ``rows`` (one per learner: ``learner``, ``ppl_mean``, ``ppl_std``,
 ``time_ratio``, ``memory_ratio``, ``grad_cosine``, ``targets``, plus per-seed values and absolute numbers),
@@ -61,6 +63,18 @@ VARIANTS = ("surrogate", "eprop_residual", "eprop_one_hop", "eprop_random", "std
             "mix_stdp_eprop", "mix_rstdp_surrogate", "lora_ann")
 DEFAULT_VARIANTS = ("surrogate", "eprop_residual", "eprop_one_hop", "eprop_random", "stdp", "rstdp",
                     "mix_stdp_surrogate", "lora_ann")
+DEFINITIONS = {
+    "base_ppl": "held-out perplexity of the converted model without adapters; every drop is measured from it",
+    "start_ppl": "held-out perplexity of the converted model with the initialised adapters, per seed",
+    "grad_cosine": "after training, mean over --cosine-batches held-out batches of the cosine between the update the "
+                   "learner would apply (after its optimizer) and the true negative gradient (a separate backward); "
+                   "per parameter group (lora_A, lora_B, threshold, decay) and 'all' over the parameters the learner "
+                   "updates (eprop: only the blocks within top_blocks), 'all_owned' over every parameter it owns",
+    "time_ratio": "median step wall time over the surrogate's of the same seed (alternate steps, warm-up excluded), "
+                  "median over seeds",
+    "memory_ratio": "median peak heap above the step's start over the surrogate's of the same seed (the other steps), "
+                    "median over seeds",
+}
 # feedback: residual reaches only residual-stream writers; every other variant adapts --targets
 RESIDUAL_TARGETS = ["o_proj", "down_proj"]
 RESULT = Path(__file__).parent / "results" / "learners.json"
@@ -234,8 +248,10 @@ def verdicts(rows: list[dict], base_ppl: float) -> dict:
                              f"drop {base_ppl - best['ppl_mean']:.3f} = {100 * share:.0f} % of surrogate's "
                              f"{base_ppl - sur['ppl_mean']:.3f} (target >= 40 %)")
         cos = best["grad_cosine"]["all"]["mean"]
+        # the cosine is taken after each learner's optimizer (AdamW), which lowers even an exact gradient's
+        ref = sur["grad_cosine"]["all"]["mean"]
         out["eprop_grad_cosine"] = (f"{'met' if cos >= TARGETS['eprop_cosine'] else 'MISSED'}: {cos:.3f} "
-                                    f"(target >= 0.2)")
+                                    f"(target >= 0.2; surrogate's, through the same AdamW: {ref:.3f})")
         for key, target in (("time_ratio", TARGETS["time_ratio"]), ("memory_ratio", TARGETS["memory_ratio"])):
             if best[key] is not None:
                 out[f"eprop_{key}"] = (f"{'met' if best[key] <= target else 'MISSED'}: {best[key]:.3f} "
@@ -279,6 +295,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lr", type=float, default=1e-3, help="surrogate / peft LoRA learning rate (AdamW)")
     p.add_argument("--stdp-lr", type=float, default=1e-4)
     p.add_argument("--rstdp-lr", type=float, default=1e-3)
+    # measured (seed 0, this budget, one_hop, top 6 blocks): lr 1e-3 -> 23.32, 2e-3 -> 23.36 (26.20 without adapters)
     p.add_argument("--eprop-lr", type=float, default=1e-3)
     p.add_argument("--eprop-top-blocks", type=lambda v: None if v == "all" else int(v), default=TOP_BLOCKS,
                    help="eprop: only the top N decoder blocks learn ('all': every block; default: the learner's)")
@@ -340,6 +357,7 @@ def main(argv: list[str] | None = None) -> dict:
                                        "eval_tokens": int(held["attention_mask"].sum())},
         "base_ppl": base_ppl, "start_ppl": start_ppl, "seeds": args.seeds, **summary,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "definitions": DEFINITIONS,
         "targets": TARGETS, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__, "hybridtune": __version__, "wall_s": round(time.perf_counter() - started, 1),
         "command": "python benchmarks/learners.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -232,7 +232,7 @@ def model_fingerprint(model: torch.nn.Module, samples_per_tensor: int = 64) -> s
     """
     digest = hashlib.sha256()
     for name, param in model.named_parameters():
-        if "lora_" in name:
+        if "lora_" in name or "hybridtune" in name:  # e.g. a recoverable attention's per-head parameters
             continue
         clean = name.replace("base_model.model.", "").replace(".base_layer", "")
         if hasattr(param, "full_tensor"):  # an FSDP2 shard: gather the whole weight (every rank must call this)
@@ -244,3 +244,26 @@ def model_fingerprint(model: torch.nn.Module, samples_per_tensor: int = 64) -> s
         digest.update(str(tuple(param.shape)).encode())
         digest.update(sample.numpy().round(6).tobytes())
     return digest.hexdigest()[:16]
+
+
+# where a model call passes its KV cache (transformers 5 renamed past_key_values to cache)
+CACHE_KWARGS = ("cache", "past_key_values", "cache_params")
+
+
+def cached_tokens(arguments: dict) -> int:
+    """How many tokens the KV cache of a model call already holds (0: the call starts at position 0), from the
+    call's keyword arguments.
+
+    Example:
+        >>> cached_tokens({"input_ids": None}), cached_tokens({"past_key_values": ((torch.zeros(1, 2, 5, 4),),)})
+        (0, 5)
+    """
+    past = next((arguments[k] for k in CACHE_KWARGS if arguments.get(k) is not None), None)
+    if past is None:
+        return 0
+    if hasattr(past, "get_seq_length"):
+        return int(past.get_seq_length())
+    try:  # legacy tuple-of-tuples cache
+        return int(past[0][0].shape[-2])
+    except (IndexError, TypeError, AttributeError):
+        return 0

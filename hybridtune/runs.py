@@ -64,8 +64,11 @@ def load_run(run_dir: str | Path, *, use_cache: bool = True) -> tuple[Any, Any, 
     from .adapters import load as load_adapter
     from .config import ConversionSection
     from .config_schema import build
+    from .conversion import load_spiking
+    from .conversion.state import JSON_NAME
     from .models import load_model, load_tokenizer, model_fingerprint
     from .trainers.cache import cached_conversion
+    from .trainers.recovery import SPIKING_DIR
 
     root = find_run_dir(run_dir)
     record = read_base_record(root)
@@ -83,7 +86,11 @@ def load_run(run_dir: str | Path, *, use_cache: bool = True) -> tuple[Any, Any, 
                            "trained with, or train again")
     # the recorded settings, re-applied (from the cache when its entry is there; the cache key may also change with
     # the hybridtune version, which does not change the conversion itself)
-    snn, cache = cached_conversion(base, section, tokenizer, use_cache=use_cache)
+    recovered = root / SPIKING_DIR
+    if (recovered / JSON_NAME).is_file():  # a recovery run trained the conversion too: its own state, not the cache
+        snn, cache = load_spiking(base, recovered), {"key": None, "hit": False}
+    else:
+        snn, cache = cached_conversion(base, section, tokenizer, use_cache=use_cache)
     model = load_adapter(snn, adapter_dir).eval()
     info = {"run_dir": str(root), "adapter_dir": str(adapter_dir), "model": record["model"],
             "conversion": record["conversion"], "conversion_key": cache["key"], "conversion_from_cache": cache["hit"],

@@ -76,7 +76,10 @@ def test_ffn_and_linear_inputs_stay_close_and_name_what_stays_float(gemma, token
     from hybridtune.accounting import energy_report
     from hybridtune.conversion import ConversionConfig, conversion_info, convert
 
-    snn = convert(_shared_copy(gemma), ConversionConfig(coverage=("ffn_act", "linear_inputs"), compensation=False))
+    # the unbounded count (phases=None): the setting the 1.02x target names (the bounded default, K = 8 with
+    # clip_free, measured 1.037 here without compensation; 1.026x with it on 2 x 8,192 tokens, conversion_gemma3.json)
+    snn = convert(_shared_copy(gemma), ConversionConfig(coverage=("ffn_act", "linear_inputs"), phases=None,
+                                                        compensation=False))
     ratio = math.exp(_nll(snn, tokens) - ann_nll)
     assert ratio < 1.03, ratio  # measured 1.009 (1.012x on SmolLM2 with compensation)
     plan = conversion_info(snn).plan

@@ -218,16 +218,25 @@ class _Hooks:
                 add(layer, "norm", ann_mac=mac, ann_ac=ac)
             return norm, False
         if hasattr(module, "threshold") and hasattr(module, "stats"):
-            if not isinstance(module.threshold, (DynamicThreshold, ChannelScaledThreshold, ClipFreeThreshold)):
+            dynamic = isinstance(module.threshold, (DynamicThreshold, ChannelScaledThreshold, ClipFreeThreshold))
+            first_float = getattr(module, "first_token", None) is not None
+            if not dynamic and not first_float:
                 return None  # static: theta folds into the consumer weights; the comparison is the neuron's firing
             weighted = isinstance(module.threshold, ChannelScaledThreshold)
             inner = module.threshold.inner if weighted else module.threshold
             floored = isinstance(inner, ClipFreeThreshold)
 
             def threshold(mod, args, out):
-                # per-token threshold: the statistic (a weighted sum when channel-scaled), v / theta_t and its
-                # rounding per element, and the rescale of every consumer output by theta_t per token
-                e = args[0].numel()
+                v = args[0]
+                width = v.shape[-1] if v.dim() else 1
+                floats = mod.float_tokens(v) if first_float else 0
+                if floats:  # tokens passed through in float (float_sink): every consumer multiplies them in float
+                    add(layer, "float_sink", snn_mac=floats * width * max(1, mod.fan_out))
+                if not dynamic:
+                    return
+                # per-token threshold on the encoded tokens: the statistic (a weighted sum when channel-scaled),
+                # v / theta_t and its rounding per element, and the rescale of every consumer output by theta_t
+                e = v.numel() - floats * width
                 if mod.threshold.mode == "rms" or weighted:
                     add(layer, "threshold_stats", snn_mac=e)
                 else:
@@ -235,7 +244,7 @@ class _Hooks:
                 if floored:  # the per-token max|v| that keeps the count from saturating: a comparison per element
                     add(layer, "threshold_stats", snn_ac=e)
                 add(layer, "threshold_divide_round", snn_mac=e, snn_ac=e)
-                add(layer, "threshold_rescale", snn_mac=_tokens(args[0], args[0].shape[-1]) * max(1, mod.fan_out))
+                add(layer, "threshold_rescale", snn_mac=(_tokens(v, width) - floats) * max(1, mod.fan_out))
             return threshold, False
         if hasattr(module, "adds_per_vector") and hasattr(module, "n"):
             def online_transform(mod, args, out):  # an online Hadamard transform: additions only
@@ -351,12 +360,11 @@ class _Hooks:
             spiking = spec is not None
             add(layer, "attention_qk", ann_mac=score_macs, spike_driven=spiking)
             add(layer, "attention_pv", ann_mac=score_macs, spike_driven=spiking)
-            mode = getattr(spec, "softmax", "keep")
-            if mode == "keep":
-                add(layer, "softmax", ann_mac=2.0 * heads * pairs, ann_ac=heads * pairs)
-            else:  # relu is free; nrelu sums and divides, spike divides by a per-position constant
-                add(layer, "softmax", ann_mac=2.0 * heads * pairs, ann_ac=heads * pairs, snn_mac=heads * pairs,
-                    snn_ac=heads * pairs if mode == "nrelu" else 0.0)
+            # the spiking path's normalisation says its float (MACs, adds) per pair and head (relu is free; nrelu
+            # sums and divides, spike divides by a per-position constant, the recoverable ones add an affine map)
+            macs, acs = getattr(spec, "float_cost", (2.0, 1.0))
+            add(layer, "softmax", ann_mac=2.0 * heads * pairs, ann_ac=heads * pairs, snn_mac=macs * heads * pairs,
+                snn_ac=acs * heads * pairs)
             if spiking:
                 add(layer, "threshold_stats", snn_ac=b * heads * lq * d + heads * pairs)
             if kwargs.get("position_embeddings") is not None:

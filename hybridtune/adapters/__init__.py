@@ -33,6 +33,7 @@ from .model import (
     get_spiking_peft_model,
     is_spiking_peft_model,
     load,
+    model_call_keys,
     read_marker,
 )
 from .neuron import BottleneckNeuron
@@ -61,6 +62,7 @@ __all__ = [
     "get_spiking_peft_model",
     "install_sequence_hook",
     "is_spiking_peft_model",
+    "model_call_keys",
     "load",
     "load_for_eval",
     "neuron_strategy",

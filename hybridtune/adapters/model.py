@@ -141,6 +141,13 @@ def is_spiking_peft_model(model: nn.Module) -> bool:
     return isinstance(model, SpikingPeftMixin)
 
 
+def model_call_keys(model: nn.Module) -> tuple[str, ...]:
+    """The batch fields a training or evaluation forward passes to ``model``: a spiking peft model also takes
+    ``doc_start`` (popped by its sequence hook)."""
+    keys = ("input_ids", "attention_mask")
+    return keys + ("doc_start",) if is_spiking_peft_model(model) else keys
+
+
 def get_spiking_peft_model(model: nn.Module, config: SpikingLoraConfig, adapter_name: str = "default",
                            **kwargs: Any) -> PeftModel:
     """Like ``peft.get_peft_model``: spiking LoRA layers, the sequence hook and the spiking save/load behaviour.

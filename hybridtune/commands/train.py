@@ -80,6 +80,13 @@ def format_summary(report: dict[str, Any]) -> str:
         lines.append(f"energy estimate ({name}): spiking {_fmt(e.get('snn_pj', 0) / tokens / 1e6, '.3f')} uJ/token "
                      f"vs ANN {_fmt(e.get('ann_pj', 0) / tokens / 1e6, '.3f')} uJ/token "
                      f"(ANN / spiking = {_fmt(e.get('ratio'), '.2f')}; memory traffic not modelled)")
+    recovery = report.get("recovery")
+    if recovery:  # a replaced softmax recovered in two stages (attention transfer, then the adapters)
+        lines.append(f"recovery (perplexity / ANN): before {_fmt(recovery.get('ratio_before'), '.4f')}, after "
+                     f"attention transfer {_fmt(recovery.get('ratio_after_stage1'), '.4f')} "
+                     f"({recovery.get('tokens_stage1')} tokens), after the adapters "
+                     f"{_fmt(recovery.get('ratio_after_stage2'), '.4f')}; curve: {recovery.get('curve')}; recovered "
+                     f"conversion: {report.get('spiking_dir')} (eval --spiking DIR --adapter ADAPTER)")
     lines.append(f"report: {report.get('output_dir')}/report.json (curves.png beside it); adapter: "
                  f"{report.get('adapter_dir', 'n/a')}")
     if report.get("tracking"):

@@ -2,14 +2,17 @@
 
 ``ht.convert(model)``, ``hybridtune convert`` and the trainer (the run config's ``conversion:`` section *is* this
 class) share these fields and defaults. The defaults are the README's headline conversion: FFN activations and every
-linear input, graded base-2 spikes at T = 1, per-token threshold ``mean|v| / 8``, with expectation compensation
-(calibrated on ``calib_data``). Every error is a :class:`~hybridtune.config_schema.ConfigError` (a ``ValueError``)
+linear input, graded base-2 spikes at T = 1 with a bounded K = 8 phase code (a signed 9-bit count), per-token
+threshold ``mean|v| / 8`` floored so the bound never clips (``clip_free``), with expectation compensation
+(calibrated on ``calib_data``). ``phases: null`` gives the unbounded count, a reference only. Every error is a :class:`~hybridtune.config_schema.ConfigError` (a ``ValueError``)
 naming ``conversion.<key>`` and what is allowed.
 
 Example:
     >>> cfg = ConversionConfig(coverage=("ffn_act", "linear_inputs"), divisor=8.0, compensation=False)
-    >>> cfg.validate().neuron, cfg.counting, cfg.cap
-    ('graded', 'base2', None)
+    >>> cfg.validate().neuron, cfg.counting, cfg.cap, cfg.outliers
+    ('graded', 'base2', 255, ('clip_free',))
+    >>> ConversionConfig(phases=None).outliers, ConversionConfig(threshold="static").outliers
+    ((), ())
     >>> ConversionConfig(timesteps=4).validate().neuron, ConversionConfig(timesteps=4).counting
     ('if', 'unary')
     >>> ConversionConfig.from_dict(cfg.to_dict()) == cfg
@@ -30,9 +33,11 @@ DYNAMIC_MODES = ("mean_abs", "rms")
 STATIC_MODES = ("mean_abs", "rms", "max_abs")
 COUNTINGS = ("unary", "base2")
 GRANULARITIES = ("channel", "tensor")
-SOFTMAX = ("keep", "nrelu", "spike")
+SOFTMAX = ("keep", "nrelu", "spike", "relu_count", "relu_sum", "sigmoid")
+RECOVERABLE_SOFTMAX = ("relu_count", "relu_sum", "sigmoid")  # with per-head parameters the recovery stage trains
 NORMS = ("keep", "threshold")
 KEY = "conversion"
+DEFAULT_PHASES = 8  # K = 8: 1.015x the ANN at 1.75 spikes per neuron on the default model (conversion_clip_free.json)
 
 
 def _fail(key: str, message: str) -> ConfigError:
@@ -71,13 +76,20 @@ class ConversionConfig:
         max_spikes: cap on ``|count|`` (None: no cap; outlier channels reach ~2e4 and a cap clips them).
         phases: K-phase code: the count saturates at ``2**K - 1`` and is sent as at most K weighted spikes (phase
             k weighs 2^k); sets the cap (give ``phases`` or ``max_spikes``). None: unbounded (a reference only).
+            ``"auto"`` (the default): 8 for graded neurons without ``max_spikes``, else None (resolved once).
         outliers: outlier-handling strategies applied before calibration, in order, by registered name (see
-            ``hybridtune.conversion.outliers``): e.g. ``("rotate", "hadamard_down")``; () for none.
+            ``hybridtune.conversion.outliers``): e.g. ``("rotate", "hadamard_down")``; () for none. ``"auto"``
+            (the default): ``("clip_free",)`` for a bounded graded code with dynamic thresholds, else () (resolved
+            once, so a saved config says what ran).
         threshold_granularity: static thresholds per ``"channel"`` (``[C]``) or per ``"tensor"`` (one scalar).
         compensation: fold the calibrated mean residual ``E[v - q theta]`` into the next layer's bias where it
             is foldable (linear consumers; not the SwiGLU product). Needs calibration data.
-        softmax: with ``attention``: ``"keep"`` (float softmax), ``"nrelu"`` (``relu(s) / sum relu(s)``) or
-            ``"spike"`` (normalisation-free: ``relu(s) / n_visible``, the spike-driven self-attention form).
+        softmax: with ``attention``: ``"keep"`` (float softmax), ``"nrelu"`` (``relu(s) / sum relu(s)``),
+            ``"spike"`` (normalisation-free: ``relu(s) / n_visible``, the spike-driven self-attention form), or one
+            of the recoverable replacements with per-head parameters trained by the run config's ``recovery``
+            stage: ``"relu_count"`` (``g relu(tau s + b) / n_visible``), ``"relu_sum"`` (``relu(tau s + b)`` over its
+            row sum) or ``"sigmoid"``
+            (``sigmoid(tau s + b - log n_visible)``); see ``hybridtune.conversion.attention``.
         norms: how a covered norm is realised: ``"threshold"`` (the only way; it acts only with ``norms`` in the
             coverage); ``"keep"`` with ``norms`` in the coverage is a contradiction.
         attention_divisor: divisor for the attention encoders (None: ``divisor``).
@@ -95,11 +107,11 @@ class ConversionConfig:
     divisor: float = 8.0
     counting: Literal["base2", "unary"] | None = None
     max_spikes: int | None = None
-    phases: int | None = None
-    outliers: tuple[str, ...] = ()
+    phases: int | None | Literal["auto"] = "auto"
+    outliers: tuple[str, ...] | Literal["auto"] = "auto"
     threshold_granularity: Literal["channel", "tensor"] = "channel"
     compensation: bool = True
-    softmax: Literal["keep", "nrelu", "spike"] = "keep"
+    softmax: Literal["keep", "nrelu", "spike", "relu_count", "relu_sum", "sigmoid"] = "keep"
     norms: Literal["keep", "threshold"] = "threshold"
     attention_divisor: float | None = None
     calib_data: str | None = "python-docs"
@@ -110,13 +122,21 @@ class ConversionConfig:
     def __post_init__(self) -> None:
         # lists from YAML / JSON become tuples so the config stays hashable and compares equal after a round trip
         for key in ("coverage", "skip", "outliers"):
-            object.__setattr__(self, key, tuple(getattr(self, key)))
+            if getattr(self, key) != "auto":
+                object.__setattr__(self, key, tuple(getattr(self, key)))
         # None = the natural choice for the other settings, resolved once so a saved config says what ran
         if self.neuron is None:
             object.__setattr__(self, "neuron", "if" if isinstance(self.timesteps, int) and self.timesteps > 1
                                else "graded")
         if self.counting is None:
             object.__setattr__(self, "counting", "unary" if self.neuron == "if" else "base2")
+        if self.phases == "auto":  # the bounded default code; an explicit cap or an IF neuron needs none
+            object.__setattr__(self, "phases", DEFAULT_PHASES if self.neuron == "graded" and self.max_spikes is None
+                               else None)
+        if self.outliers == "auto":  # a bounded dynamic code never clips its massive-activation tokens
+            bounded = self.phases is not None or self.max_spikes is not None
+            object.__setattr__(self, "outliers", ("clip_free",) if bounded and self.neuron == "graded"
+                               and self.threshold == "dynamic" else ())
 
     def validate(self) -> ConversionConfig:
         """Check every field (raises :class:`ConfigError` naming ``conversion.<key>`` and what is allowed)."""

@@ -22,7 +22,7 @@ import yaml
 
 from hybridtune._version import __version__
 from hybridtune.config.continual import ContinualSection
-from hybridtune.config.conversion import ConversionConfig
+from hybridtune.config.conversion import RECOVERABLE_SOFTMAX, ConversionConfig
 from hybridtune.config.overrides import apply_overrides, key_type
 from hybridtune.config.sections import (
     AdapterSection,
@@ -30,6 +30,7 @@ from hybridtune.config.sections import (
     LearnerSpec,
     ModelSection,
     OpsSection,
+    RecoverySection,
     TrackingSection,
     TrainerSection,
 )
@@ -53,11 +54,17 @@ class RunConfig:
     tracking: TrackingSection = field(default_factory=TrackingSection)
     ops: OpsSection = field(default_factory=OpsSection)
     continual: ContinualSection = field(default_factory=ContinualSection)
+    recovery: RecoverySection = field(default_factory=RecoverySection)
     hybridtune_version: str = __version__
 
     def validate(self) -> None:
         if not self.learners:
             raise ConfigError("empty; give at least one learner (e.g. - name: surrogate)", "learners")
+        if self.recovery.stage1_steps > 0 and self.conversion.softmax not in RECOVERABLE_SOFTMAX:
+            raise ConfigError(f"attention transfer trains a recoverable softmax replacement, but conversion.softmax is "
+                              f"{self.conversion.softmax!r}; set conversion.softmax to one of "
+                              f"{', '.join(RECOVERABLE_SOFTMAX)} (with 'attention' in conversion.coverage) or "
+                              "recovery.stage1_steps: 0", "recovery.stage1_steps")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -209,5 +209,35 @@ class TrackingSection:
             raise ConfigError("empty; name a W&B project", "project")
 
 
+@dataclass
+class RecoverySection:
+    """Recovering a replaced softmax (``conversion.softmax: relu_count | relu_sum | sigmoid``) in two stages.
+
+    Stage 1, *attention transfer*: ``stage1_steps`` Adam steps at ``stage1_lr`` on only the replacement's per-head
+    parameters, so every block's attention output matches softmax attention on the same q / k / v (MSE), on
+    ``stage1_batch_size`` training blocks per step (null: ``trainer.batch_size``); a curve point every
+    ``eval_every`` steps, a checkpoint every ``save_every``. Stage 2 is the run's adapter training itself
+    (``learners``, ``trainer.steps``). ``stage1_steps: 0`` (the default) runs no stage 1.
+    """
+
+    stage1_steps: int = 0
+    stage1_lr: float = 0.01
+    stage1_batch_size: int | None = None
+    eval_every: int = 25
+    save_every: int = 25
+
+    def validate(self) -> None:
+        if self.stage1_steps < 0:
+            raise ConfigError(f"got {self.stage1_steps}; must be >= 0 (0: no attention transfer)", "stage1_steps")
+        if self.stage1_lr <= 0:
+            raise ConfigError(f"got {self.stage1_lr}; must be > 0", "stage1_lr")
+        if self.stage1_batch_size is not None and self.stage1_batch_size < 1:
+            raise ConfigError(f"got {self.stage1_batch_size}; must be >= 1 or null (trainer.batch_size)",
+                              "stage1_batch_size")
+        for name in ("eval_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"got {getattr(self, name)}; must be >= 1", name)
+
+
 __all__ = ["ModelSection", "AdapterSection", "LearnerSpec", "DataSection", "TrainerSection", "OpsSection",
-           "TrackingSection"]
+           "TrackingSection", "RecoverySection"]

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -66,7 +68,9 @@ from hybridtune.continual.strategies import (
     build_strategies,
     replay_count,
 )
+from hybridtune.files import atomic_write
 from hybridtune.learners import Learner
+from hybridtune.learners.protocol import save_beside_adapter
 from hybridtune.tracking import NullTracker, make_tracker
 from hybridtune.trainers.checkpoint import newest_verified_checkpoint
 from hybridtune.trainers.loop import build_learners, default_model_keys, make_accelerator
@@ -296,6 +300,10 @@ class ContinualTrainer:
         self.state.completed = stage + 1
         if self._main():
             save_snapshot(self.run_dir.path, stage, self.model)
+            # what the learners keep with an adapter (eprop's random feedback), in the stage's directory; the final
+            # adapter gets the last stage's copy (_finish), also when the run is resumed after its last stage
+            beside = save_beside_adapter(trainer.learners, trainer.run_dir.path)
+            self.state.stage_reports[-1]["beside_adapter"] = [str(f) for f in beside]
             save_strategy_states(self.run_dir.path, stage, [s.state_dict() for s in self.strategies])
             save_json_state(self.run_dir.path, self.state)  # last: marks the boundary complete
         self._barrier()
@@ -343,6 +351,9 @@ class ContinualTrainer:
                                   if isinstance(v, (int, float)) and math.isfinite(v)})
             if hasattr(self.model, "save_pretrained"):
                 self.model.save_pretrained(str(path / "adapter"))
+                last = self.state.stage_reports[-1] if self.state.stage_reports else {}
+                for kept in last.get("beside_adapter", []):
+                    atomic_write(path / "adapter" / Path(kept).name, lambda tmp, src=kept: shutil.copyfile(src, tmp))
         self.tracker.finish()
         self._barrier()
         return json.loads(json.dumps(report, default=str))

@@ -127,6 +127,10 @@ def convert(model: nn.Module, config: ConversionConfig | None = None, calib: Any
         plan.float_notes.extend(strategy.float_notes())
     recipe.replace(model, plan, state, config)
     recipe.finalize(model, plan, config)
+    for strategy in strategies:  # e.g. float_sink hooks the finished model
+        finalize = getattr(strategy, "finalize", None)
+        if finalize is not None:
+            finalize(model, plan, config)
     setattr(model, INFO_ATTR, ConversionInfo(config, family, fingerprint, plan, state, calibration,
                                              getattr(model, "hybridtune_source", None)))
     return model

@@ -6,19 +6,40 @@ child ``hybridtune_attention``) run the spiking path; any other module falls bac
 
 Spiking path, per head: the query is encoded as graded spikes (per-(token, head) dynamic threshold over the head
 dim), so ``Q K^T`` is spike-driven (each query spike accumulates a key element over every visible key); the
-probabilities come from ``softmax`` (float), ``nrelu`` (``relu(s) / sum relu(s)``) or ``spike``
-(``relu(s) / n_visible``: normalisation by a per-position constant, as in spike-driven self-attention) and are
-encoded as graded spikes (per-row threshold: mean over the visible keys / divisor), so ``P V`` is spike-driven
-(each spike accumulates one value row). Keys and values are not spikes: they act as dynamic synaptic weights. Replacing softmax in a pretrained
-model without recovery training loses a lot of quality; the benchmark reports it as measured.
+probabilities come from a :class:`Normalisation` strategy (registry :data:`NORMALISATIONS`, ``conversion.softmax``
+names one) and are encoded as graded spikes (per-row threshold: mean over the visible keys / divisor), so ``P V`` is
+spike-driven (each spike accumulates one value row). Keys and values are not spikes: they act as dynamic synaptic
+weights. The strategies:
+
+- ``keep``: float softmax;
+- ``nrelu``: ``relu(s) / sum relu(s)``;
+- ``spike``: ``relu(s) / n_visible`` (normalisation by a per-position constant, as in spike-driven self-attention);
+- ``relu_count`` (recoverable): ``g_h relu(tau_h s + b_h) / n_visible``, initialised at ``tau = g = b = 1``, the
+  first-order expansion ``(1 + s) / n`` of ``exp(s) / sum exp(s)`` around uniform scores;
+- ``relu_sum`` (recoverable): ``relu(tau_h s + b_h) / sum relu(tau_h s + b_h)`` over the visible keys, a running-sum
+  normalisation (the row sum stays float); ``nrelu`` at its initial ``tau = 1, b = 0``;
+- ``sigmoid`` (recoverable): ``sigmoid(tau_h s + b_h - log n_visible)``, a gate that needs no row sum; at
+  ``tau = 1, b = 0`` it is ``exp(s) / n`` for scores well below ``log n``, i.e. softmax where the row's
+  ``sum exp(s)`` is ``n``.
+
+A recoverable strategy owns a few per-head parameters (``tau``, ``b`` and for ``relu_count`` ``g``), registered on the
+:class:`SpikingAttention` module (``hybridtune_attention.params.*``), frozen after conversion; the recovery stage
+(:mod:`hybridtune.recovery`) trains them so each attention output matches softmax attention on the same q / k / v.
+Their trained values are part of the conversion's state (:func:`replacement_state`), so they are saved with it and
+fingerprinted. Replacing softmax in a pretrained model without recovery loses a lot of quality; the benchmarks
+report it as measured.
 
 Example:
     >>> fn = attention_function()
     >>> fn.__name__
     'spiking_attention_forward'
+    >>> sorted(NORMALISATIONS), [n for n in NORMALISATIONS if NORMALISATIONS[n].recoverable]
+    (['keep', 'nrelu', 'relu_count', 'relu_sum', 'sigmoid', 'spike'], ['relu_count', 'relu_sum', 'sigmoid'])
 """
 
 from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -27,29 +48,259 @@ from hybridtune.neurons import SpikeStats
 from hybridtune.neurons.stats import recomputing
 
 ATTN_IMPLEMENTATION = "hybridtune_spiking"
-SOFTMAX_MODES = ("keep", "nrelu", "spike")
+STATE_PREFIX = "softmax."  # conversion-state kinds of an attention site: softmax.tau, softmax.bias, softmax.gain
+
+
+@runtime_checkable
+class Normalisation(Protocol):
+    """What computes attention probabilities from the scaled scores (one strategy per ``conversion.softmax`` name).
+
+    ``probabilities(scores [B,H,Lq,Lk], visible [B|1,1,Lq,Lk] bool | None, n_visible [B|1,1,Lq,1] | int, params)``
+    returns non-negative probabilities, zero where not visible. ``float_cost`` is the float work per visible
+    (query, key) pair and head as ``(MACs, adds)``, charged by the census; ``float_note`` says what stays float.
+    ``initial_parameters(heads)`` is ``{}`` for a strategy with nothing to recover.
+    """
+
+    name: str
+    recoverable: bool
+    float_note: str
+    float_cost: tuple[float, float]
+
+    def initial_parameters(self, heads: int) -> dict[str, Tensor]: ...
+
+    def fitted_parameters(self, offset: Tensor) -> dict[str, Tensor]:
+        """Closed-form values from the per-head mean log-partition offset ``E[logsumexp(s) - log n]`` (see
+        :func:`log_partition_offset`); ``{}`` for a strategy with nothing to fit."""
+        ...
+
+    def probabilities(self, scores: Tensor, visible: Tensor | None, n_visible: Tensor | int,
+                      params: nn.ParameterDict) -> Tensor: ...
+
+
+def _masked(probs: Tensor, visible: Tensor | None) -> Tensor:
+    return probs if visible is None else probs.masked_fill(~visible, 0.0)
+
+
+def _per_head(params: nn.ParameterDict, name: str, like: Tensor) -> Tensor:
+    return params[name].to(like.dtype)[None, :, None, None]  # [1, H, 1, 1]
+
+
+class _Fixed:
+    """A normalisation without parameters."""
+
+    recoverable = False
+
+    def initial_parameters(self, heads: int) -> dict[str, Tensor]:
+        return {}
+
+    def fitted_parameters(self, offset: Tensor) -> dict[str, Tensor]:
+        return {}
+
+
+class Softmax(_Fixed):
+    name = "keep"
+    float_note = "softmax (exp and normalisation; its output is encoded)"
+    float_cost = (2.0, 1.0)  # exp and divide (MAC-equivalents), the row sum
+
+    def probabilities(self, scores, visible, n_visible, params):
+        if visible is not None:
+            scores = scores.masked_fill(~visible, float("-inf"))
+        return torch.softmax(scores, dim=-1)
+
+
+class NormalisedRelu(_Fixed):
+    name = "nrelu"
+    float_note = "attention normalisation (nrelu: relu and one division per score, the row sum)"
+    float_cost = (1.0, 1.0)  # relu is free; one division per score and the row sum
+
+    def probabilities(self, scores, visible, n_visible, params):
+        probs = _masked(torch.relu(scores), visible)
+        return probs / probs.sum(-1, keepdim=True).clamp(min=1e-9)
+
+
+class CountNormalisedRelu(_Fixed):
+    name = "spike"
+    float_note = "attention normalisation (spike: relu and one division by n_visible per score)"
+    float_cost = (1.0, 0.0)
+
+    def probabilities(self, scores, visible, n_visible, params):
+        return _masked(torch.relu(scores), visible) / n_visible
+
+
+class LearnedCountRelu:
+    """``g_h relu(tau_h s + b_h) / n_visible``; init ``(1 + s) / n``, the first-order expansion of softmax."""
+
+    name, recoverable = "relu_count", True
+    float_note = ("attention normalisation (relu_count: per score one multiply-add tau s + b and one multiply by "
+                  "g / n_visible; 3 float parameters per head)")
+    float_cost = (2.0, 1.0)
+
+    def initial_parameters(self, heads: int) -> dict[str, Tensor]:
+        return {"tau": torch.ones(heads), "bias": torch.ones(heads), "gain": torch.ones(heads)}
+
+    def fitted_parameters(self, offset: Tensor) -> dict[str, Tensor]:
+        # exp(s - lse) = exp(x) / n with x = s - (lse - log n) ~ (1 + x) / n: b = 1 - E[lse - log n]
+        return {"tau": torch.ones_like(offset), "bias": 1.0 - offset, "gain": torch.ones_like(offset)}
+
+    def probabilities(self, scores, visible, n_visible, params):
+        tau, bias, gain = (_per_head(params, k, scores) for k in ("tau", "bias", "gain"))
+        return _masked(torch.relu(scores * tau + bias), visible) * (gain / n_visible)
+
+
+class LearnedSumRelu:
+    """``relu(tau_h s + b_h) / sum_visible relu(tau_h s + b_h)``: a running-sum normalisation; init ``nrelu``."""
+
+    name, recoverable = "relu_sum", True
+    float_note = ("attention normalisation (relu_sum: per score one multiply-add tau s + b, the row sum and one "
+                  "division; 2 float parameters per head)")
+    float_cost = (2.0, 2.0)  # the multiply-add and the division; the bias add and the row sum
+
+    def initial_parameters(self, heads: int) -> dict[str, Tensor]:
+        return {"tau": torch.ones(heads), "bias": torch.zeros(heads)}
+
+    def fitted_parameters(self, offset: Tensor) -> dict[str, Tensor]:
+        return self.initial_parameters(offset.shape[0])  # scale-free in the partition: nothing to fit from it
+
+    def probabilities(self, scores, visible, n_visible, params):
+        tau, bias = (_per_head(params, k, scores) for k in ("tau", "bias"))
+        probs = _masked(torch.relu(scores * tau + bias), visible)
+        return probs / probs.sum(-1, keepdim=True).clamp(min=1e-9)
+
+
+class SigmoidGate:
+    """``sigmoid(tau_h s + b_h - log n_visible)``: no row sum; init ``tau = 1, b = 0``."""
+
+    name, recoverable = "sigmoid", True
+    float_note = ("attention normalisation (sigmoid: per score one multiply-add tau s + b - log n and a float "
+                  "sigmoid (exp, divide); 2 float parameters per head)")
+    float_cost = (3.0, 1.0)  # the multiply-add, exp and divide of the sigmoid
+
+    def initial_parameters(self, heads: int) -> dict[str, Tensor]:
+        return {"tau": torch.ones(heads), "bias": torch.zeros(heads)}
+
+    def fitted_parameters(self, offset: Tensor) -> dict[str, Tensor]:
+        # sigmoid(s + b - log n) ~ exp(s - (lse - log n)) / n = softmax when b = -(lse - log n): b = -E[lse - log n]
+        return {"tau": torch.ones_like(offset), "bias": -offset}
+
+    def probabilities(self, scores, visible, n_visible, params):
+        tau, bias = (_per_head(params, k, scores) for k in ("tau", "bias"))
+        log_n = torch.log(torch.as_tensor(n_visible, dtype=scores.dtype, device=scores.device))
+        return _masked(torch.sigmoid(scores * tau + bias - log_n), visible)
+
+
+NORMALISATIONS: dict[str, Normalisation] = {s.name: s for s in (Softmax(), NormalisedRelu(), CountNormalisedRelu(),
+                                                                 LearnedCountRelu(), LearnedSumRelu(),
+                                                                 SigmoidGate())}
+SOFTMAX_MODES = tuple(NORMALISATIONS)
+RECOVERABLE = tuple(name for name, s in NORMALISATIONS.items() if s.recoverable)
+
+
+def normalisation(name: str) -> Normalisation:
+    """The strategy registered as ``name`` (a ValueError naming the valid ones otherwise)."""
+    if name not in NORMALISATIONS:
+        raise ValueError(f"softmax={name!r} is not valid; choose one of {SOFTMAX_MODES}")
+    return NORMALISATIONS[name]
+
+
+def log_partition_offset(scores: Tensor, visible: Tensor | None, n_visible: Tensor | int) -> tuple[Tensor, int]:
+    """Per head, the sum over query rows of ``logsumexp(visible scores) - log n_visible``, and the number of rows.
+
+    Softmax is ``exp(s - lse)``; a normalisation that divides by ``n`` instead of the row sum matches it when its
+    bias removes this offset, so its mean over calibration rows gives the recoverable strategies' closed-form
+    start (:meth:`Normalisation.fitted_parameters`).
+    """
+    if visible is not None:
+        scores = scores.masked_fill(~visible, float("-inf"))
+    n = torch.as_tensor(n_visible, dtype=scores.dtype, device=scores.device)
+    offset = torch.logsumexp(scores, dim=-1, keepdim=True) - torch.log(n)  # [B, H, Lq, 1]
+    offset = torch.nan_to_num(offset, nan=0.0, posinf=0.0, neginf=0.0)  # fully masked rows contribute nothing
+    return offset.sum(dim=(0, 2, 3)), offset.shape[0] * offset.shape[2]
+
+
+@runtime_checkable
+class TransferProbe(Protocol):
+    """Receives, per attention forward, the module, its spiking output, the softmax reference on the same q / k / v,
+    the scores its normalisation saw and their visibility (the recovery stage installs one as
+    ``SpikingAttention.transfer``)."""
+
+    def add(self, attention: SpikingAttention, output: Tensor, reference: Tensor, scores: Tensor,
+            visible: Tensor | None, n_visible: Tensor | int) -> None: ...
 
 
 class SpikingAttention(nn.Module):
-    """Per-attention-module settings and statistics of the spiking path.
+    """Per-attention-module settings, parameters and statistics of the spiking path.
 
     ``q_encoder`` / ``p_encoder`` are graded neurons used through ``quantize`` (their own ``stats`` stay unused);
     statistics go to ``self.stats`` because the fan-out of a query spike varies with the number of visible keys.
-    ``float_ops`` holds the last forward's float work (score scaling, softmax / normalisation) for the census.
+    ``params`` holds the normalisation's per-head parameters (empty unless it is recoverable; ``heads`` is then
+    required), initialised from ``state`` (a conversion-state entry: ``softmax.<name>`` tensors) when given.
+    ``transfer`` (None unless the recovery stage set one) makes the forward compare its output with softmax
+    attention on the same inputs; q / k / v are then detached and the returned output too, so a loss reaches only
+    this module's parameters.
     """
 
-    def __init__(self, softmax: str, q_encoder: nn.Module, p_encoder: nn.Module):
+    def __init__(self, softmax: str, q_encoder: nn.Module, p_encoder: nn.Module, heads: int | None = None,
+                 state: dict[str, Tensor] | None = None):
         super().__init__()
-        if softmax not in SOFTMAX_MODES:
-            raise ValueError(f"softmax={softmax!r} is not valid; choose one of {SOFTMAX_MODES}")
+        self.norm = normalisation(softmax)
         self.softmax = softmax
         self.q_encoder = q_encoder
         self.p_encoder = p_encoder
+        initial = {}
+        if self.norm.recoverable:
+            if heads is None:
+                raise ValueError(f"softmax={softmax!r} has per-head parameters: pass heads=")
+            initial = self.norm.initial_parameters(heads)
+            for key, value in (state or {}).items():
+                if key.startswith(STATE_PREFIX) and key[len(STATE_PREFIX):] in initial:
+                    initial[key[len(STATE_PREFIX):]] = value.detach().float().cpu().clone()
+        self.params = nn.ParameterDict({k: nn.Parameter(v, requires_grad=False) for k, v in initial.items()})
         self.stats: SpikeStats | None = None
+        self.transfer: TransferProbe | None = None
         self.fan_out = 0  # variable; SOPs are computed per query row
+
+    @property
+    def float_cost(self) -> tuple[float, float]:
+        """Float ``(MACs, adds)`` of the normalisation per visible (query, key) pair and head (for the census)."""
+        return self.norm.float_cost
 
     def extra_repr(self) -> str:
         return f"softmax={self.softmax!r}"
+
+
+def replacement_state(model: nn.Module) -> dict[str, dict[str, Tensor]]:
+    """``{attention module path: {"softmax.<name>": tensor}}``: the recoverable parameters' current values, in the
+    form of a conversion-state entry (what ``save_spiking`` writes and ``convert(state=...)`` reinstalls)."""
+    out: dict[str, dict[str, Tensor]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, SpikingAttention) and len(module.params):
+            path = name.rsplit(".hybridtune_attention", 1)[0]
+            out[path] = {f"{STATE_PREFIX}{k}": p.detach().to("cpu").clone() for k, p in module.params.items()}
+    return out
+
+
+def replacement_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every recoverable normalisation parameter of ``model`` by its full name (empty when there is none)."""
+    return {n: p for n, p in model.named_parameters(remove_duplicate=False) if ".hybridtune_attention.params." in n}
+
+
+def softmax_attention(query: Tensor, key: Tensor, value: Tensor, visible: Tensor | None, scaling: float,
+                      softcap: float | None = None) -> Tensor:
+    """Float softmax attention ``softmax(q k^T scaling) v`` ``[B, H, Lq, D]`` (k / v already repeated per head):
+    what the ANN computes on the same inputs, the attention-transfer reference."""
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if visible is not None:
+        scores = scores.masked_fill(~visible, float("-inf"))
+    return torch.matmul(torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0), value)
+
+
+def heads_of(module: nn.Module) -> int | None:
+    """Number of query heads of a transformers attention module (None when it does not say)."""
+    cfg = getattr(module, "config", None)
+    return getattr(module, "num_heads", None) or getattr(cfg, "num_attention_heads", None) or \
+        getattr(cfg, "n_head", None)
 
 
 def _visible_mask(mask: Tensor | None, q_len: int, k_len: int, device: torch.device, causal: bool) -> Tensor | None:
@@ -90,6 +341,9 @@ def spiking_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       softcap=softcap, **kwargs)
+    transfer = spec.transfer
+    if transfer is not None:  # attention transfer: a loss on this output reaches only this module's parameters
+        query, key, value = query.detach(), key.detach(), value.detach()
     b, h, lq, d = query.shape
     groups = h // key.shape[1]
     if groups > 1:
@@ -104,25 +358,19 @@ def spiking_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
     scores = torch.matmul(q_spk, key.transpose(2, 3)).mul_(scaling)
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    if spec.softmax == "keep":
-        if visible is not None:
-            scores = scores.masked_fill(~visible, float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
-    else:
-        probs = torch.relu(scores)
-        if visible is not None:
-            probs = probs.masked_fill(~visible, 0.0)
-        if spec.softmax == "nrelu":
-            probs = probs / probs.sum(-1, keepdim=True).clamp_(min=1e-9)
-        else:
-            n_vis = visible.sum(-1, keepdim=True).clamp_(min=1) if visible is not None else lk
-            probs = probs / n_vis
+    n_vis = visible.sum(-1, keepdim=True).clamp_(min=1) if visible is not None else lk
+    probs = spec.norm.probabilities(scores, visible, n_vis, spec.params)
     probs = torch.nan_to_num(probs, nan=0.0)  # fully masked rows (padding) -> zeros, not NaN
     p_counts, p_theta = _quantize_rows(spec.p_encoder, probs, visible)
     p_spk = _straight_through(probs, p_counts * p_theta)
     if dropout > 0.0 and module.training:
         p_spk = nn.functional.dropout(p_spk, p=dropout)
     out = torch.matmul(p_spk, value)
+    if transfer is not None:
+        with torch.no_grad():
+            reference = softmax_attention(query, key, value, visible, scaling, softcap)
+        transfer.add(spec, out, reference, scores.detach(), visible, n_vis)
+        out = out.detach()
 
     if spec.stats is not None and not recomputing():
         with torch.no_grad():

@@ -73,13 +73,21 @@ def _observe(site: Site) -> str:
     return "input" if site.kind in ("input", "threshold_norm") else "output"
 
 
-def _hooked_forward(model: nn.Module, plan: Plan, ids: Tensor, fn: Callable[[Site, Tensor, Tensor], None]) -> None:
-    """Forward ``ids`` block by block with ``fn(site, observed_in, observed_out)`` called at every site."""
+def _observed(t: Any, start: int) -> Tensor | None:
+    if not isinstance(t, Tensor):
+        return None
+    t = t.detach()
+    return t[:, start:] if start and t.dim() >= 3 else t  # [B, T, C]: drop the first `start` positions
+
+
+def _hooked_forward(model: nn.Module, plan: Plan, ids: Tensor, fn: Callable[[Site, Tensor, Tensor], None],
+                    start: int = 0) -> None:
+    """Forward ``ids`` block by block with ``fn(site, observed_in, observed_out)`` called at every site, on the
+    block positions from ``start`` on."""
     handles = []
     for site in plan.sites:
         def hook(module, args, output, site=site):
-            x = args[0] if args else None
-            fn(site, x.detach() if x is not None else None, output.detach() if isinstance(output, Tensor) else None)
+            fn(site, _observed(args[0] if args else None, start), _observed(output, start))
         handles.append(get_module(model, site.module).register_forward_hook(hook))
     try:
         was_training = model.training
@@ -97,9 +105,10 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def channel_statistics(model: nn.Module, plan: Plan, ids: Tensor, stat: str) -> dict[str, Tensor]:
+def channel_statistics(model: nn.Module, plan: Plan, ids: Tensor, stat: str, start: int = 0) -> dict[str, Tensor]:
     """Per-channel ``mean|v|``, ``rms(v)`` or ``max|v|`` (``stat``) of the encoded tensor at every site (float32
-    ``[C]``, threshold-norm sites excluded): the input of an input site, the output of an output site."""
+    ``[C]``, threshold-norm sites excluded): the input of an input site, the output of an output site; block
+    positions from ``start`` on (``outliers.calibration_start``: 1 when the first token stays float)."""
     if stat not in ("mean_abs", "rms", "max_abs"):
         raise ValueError(f"channel_statistics: stat={stat!r} is not one of 'mean_abs', 'rms', 'max_abs'")
     sums: dict[str, list] = {}
@@ -120,7 +129,7 @@ def channel_statistics(model: nn.Module, plan: Plan, ids: Tensor, stat: str) -> 
         acc[0] = torch.maximum(acc[0], part) if stat == "max_abs" else acc[0] + part
         acc[1] += v.shape[0]
 
-    _hooked_forward(model, plan, ids, collect)
+    _hooked_forward(model, plan, ids, collect, start)
     out = {}
     for name, (acc, n) in sums.items():
         value = acc / n if stat == "mean_abs" else (acc / n).sqrt() if stat == "rms" else acc
@@ -128,12 +137,13 @@ def channel_statistics(model: nn.Module, plan: Plan, ids: Tensor, stat: str) -> 
     return out
 
 
-def static_thresholds(model: nn.Module, plan: Plan, config: ConversionConfig, ids: Tensor) -> dict[str, Tensor]:
+def static_thresholds(model: nn.Module, plan: Plan, config: ConversionConfig, ids: Tensor,
+                      start: int = 0) -> dict[str, Tensor]:
     """Static thresholds ``stat(|v|) / divisor`` at every site (threshold-norm sites excluded), per channel
     (``[C]``) or, with ``threshold_granularity: tensor``, one per site (a scalar: the statistic over all channels)."""
     mode = config.threshold_mode
     out = {}
-    for name, stat in channel_statistics(model, plan, ids, mode).items():
+    for name, stat in channel_statistics(model, plan, ids, mode, start).items():
         if config.threshold_granularity == "tensor":
             stat = stat.mean() if mode == "mean_abs" else stat.square().mean().sqrt() if mode == "rms" else stat.max()
         out[name] = (stat / config.divisor).clamp_(min=1e-8)
@@ -141,8 +151,9 @@ def static_thresholds(model: nn.Module, plan: Plan, config: ConversionConfig, id
 
 
 def residuals(model: nn.Module, plan: Plan, encoders: Mapping[str, Callable[[Tensor, Tensor], Tensor]],
-              ids: Tensor) -> dict[str, Tensor]:
-    """Per-channel mean of ``u - encode(u)`` in the consumers' input space at every compensable site.
+              ids: Tensor, start: int = 0) -> dict[str, Tensor]:
+    """Per-channel mean of ``u - encode(u)`` in the consumers' input space at every compensable site (block positions
+    from ``start`` on).
 
     ``encoders[site]`` maps ``(observed_in, observed_out)`` to the value the consumers would see after encoding.
     """
@@ -158,5 +169,5 @@ def residuals(model: nn.Module, plan: Plan, encoders: Mapping[str, Callable[[Ten
         acc[0] += r.sum(0).to("cpu", torch.float64)
         acc[1] += r.shape[0]
 
-    _hooked_forward(model, plan, ids, collect)
+    _hooked_forward(model, plan, ids, collect, start)
     return {name: (s / n).float() for name, (s, n) in sums.items()}

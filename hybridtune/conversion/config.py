@@ -5,7 +5,7 @@ set of fields and defaults.
 
 Example:
     >>> ConversionConfig().compensation, ConversionConfig().label
-    (True, 'graded-base2 dynamic mean_abs/8 +comp')
+    (True, 'graded-base2 dynamic mean_abs/8 K8 +comp [clip_free]')
 """
 
 from __future__ import annotations

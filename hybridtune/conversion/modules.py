@@ -21,6 +21,7 @@ from hybridtune.neurons import (
     ChannelScaledThreshold,
     ClipFreeThreshold,
     DynamicThreshold,
+    FirstTokenSwitch,
     GradedNeuron,
     RateCodedIF,
     StaticThreshold,
@@ -32,12 +33,14 @@ ELEMENTWISE_PRODUCT = "hybridtune_glu_spiking"  # set on an FFN whose gate produ
 
 
 def make_encoder(config: ConversionConfig, theta: Tensor | None = None, *, mode: str | None = None,
-                 divisor: float | None = None, scale: Tensor | None = None, clip_free: bool = False) -> nn.Module:
+                 divisor: float | None = None, scale: Tensor | None = None, clip_free: bool = False,
+                 first_token: bool = False) -> nn.Module:
     """The encoder a site gets: a graded neuron (T = 1, K phases when ``config.phases``) or a rate-coded IF neuron.
 
     ``theta`` (``[C]`` or a scalar) gives a static threshold; None gives a dynamic per-token one with ``mode`` /
     ``divisor`` (defaults from the config), never saturating the bounded count when ``clip_free`` (the
-    ``clip_free`` outlier strategy), scaled per channel by ``scale`` (``[C]``) when given.
+    ``clip_free`` outlier strategy), scaled per channel by ``scale`` (``[C]``) when given. ``first_token``: the first
+    token of a fresh sequence passes through in float (the ``float_sink`` strategy switches it per call).
 
     Example:
         >>> make_encoder(ConversionConfig(counting="base2")).counting
@@ -54,7 +57,8 @@ def make_encoder(config: ConversionConfig, theta: Tensor | None = None, *, mode:
             strategy = ChannelScaledThreshold(strategy, scale)
     if config.neuron == "if":
         return RateCodedIF(strategy, config.timesteps)
-    return GradedNeuron(strategy, max_spikes=config.cap, counting=config.counting, phases=config.phases)
+    return GradedNeuron(strategy, max_spikes=config.cap, counting=config.counting, phases=config.phases,
+                        first_token=FirstTokenSwitch() if first_token else None)
 
 
 OUTPUT_ENCODER = "hybridtune_encoder"  # child name of an encoder attached to a module's output

@@ -18,11 +18,11 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
-from hybridtune.conversion.attention import SpikingAttention, register_attention
+from hybridtune.conversion.attention import SpikingAttention, heads_of, normalisation, register_attention
 from hybridtune.conversion.calibration import residuals, static_thresholds
 from hybridtune.conversion.config import ConversionConfig
 from hybridtune.conversion.modules import ThresholdNorm, attach_output_encoder, make_encoder, mark_spike_input
-from hybridtune.conversion.outliers import get_outliers
+from hybridtune.conversion.outliers import calibration_start, get_outliers
 from hybridtune.conversion.plan import Plan, Site, get_module, in_features, out_features, set_module, to_spiking_linear
 
 CalibrationState = dict[str, dict[str, Tensor]]  # site -> {"theta", "residual", "scale", "smooth": [C]} (optional)
@@ -161,7 +161,7 @@ class DecoderRecipe:
         elif config.softmax == "keep":
             notes.append("softmax (exp and normalisation; its output is encoded)")
         else:
-            notes.append(f"attention normalisation ({config.softmax}: relu and one division per score)")
+            notes.append(normalisation(config.softmax).float_note)
         if "norms" not in cov:
             notes.append("RMSNorm/LayerNorm" + ("" if "linear_inputs" not in cov else " (their outputs are encoded)"))
         else:
@@ -184,7 +184,7 @@ class DecoderRecipe:
             raise ValueError(f"conversion with threshold={config.threshold!r}, compensation={config.compensation} "
                              "needs calibration data: pass calib=<corpus, corpus name or token tensor>")
         if config.threshold == "static":
-            for name, theta in static_thresholds(model, plan, config, calib_ids).items():
+            for name, theta in static_thresholds(model, plan, config, calib_ids, calibration_start(config)).items():
                 state.setdefault(name, {}).setdefault("theta", theta)  # an outlier strategy's theta wins
         if config.compensation:
             encoders = {}
@@ -192,7 +192,7 @@ class DecoderRecipe:
                 if site.compensable:
                     entry = state.get(site.name, {})
                     encoders[site.name] = self.simulator(model, site, config, entry.get("theta"), entry.get("scale"))
-            for name, r in residuals(model, plan, encoders, calib_ids).items():
+            for name, r in residuals(model, plan, encoders, calib_ids, calibration_start(config)).items():
                 state.setdefault(name, {})["residual"] = r
         return state
 
@@ -232,7 +232,7 @@ class DecoderRecipe:
             residual = entry.get("residual") if config.compensation and site.compensable else None
             self.install(model, site, self.encoder(site, config, theta, entry.get("scale")), residual)
         if plan.attention:
-            self.install_attention(model, plan, config)
+            self.install_attention(model, plan, config, state)
 
     def replace_special(self, model: nn.Module, plan: Plan, config: ConversionConfig) -> None:
         """Module swaps that come before the sites (e.g. MoE blocks); none for plain decoders."""
@@ -253,13 +253,17 @@ class DecoderRecipe:
             mark_spike_input(get_module(model, path))
         encoder.fan_out = site.fan_out
 
-    def install_attention(self, model: nn.Module, plan: Plan, config: ConversionConfig) -> None:
+    def install_attention(self, model: nn.Module, plan: Plan, config: ConversionConfig,
+                          state: CalibrationState | None = None) -> None:
+        """``SpikingAttention`` on every planned attention module; a recoverable normalisation's per-head
+        parameters start from ``state[path]`` (``softmax.*``, a recovered conversion) when it has them."""
         divisor = config.attention_divisor or config.divisor
         for path in plan.attention:
             module = get_module(model, path)
             q_enc = make_encoder(config, None, mode="mean_abs", divisor=divisor)
             p_enc = make_encoder(config, None, mode="mean_abs", divisor=divisor)
-            module.hybridtune_attention = SpikingAttention(config.softmax, q_enc, p_enc)
+            spec = SpikingAttention(config.softmax, q_enc, p_enc, heads_of(module), (state or {}).get(path))
+            module.hybridtune_attention = spec.to(next(module.parameters()).device)
         model.config._attn_implementation = register_attention()
 
     # ------------------------------------------------------------------------------------------------ finalize

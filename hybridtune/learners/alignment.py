@@ -8,7 +8,11 @@ For each held-out batch, :func:`gradient_alignment`
    asks for it, ``observe``, ``step``), reads the update each parameter received, and then puts everything back:
    parameter values, ``.grad``, and every learner's ``state_dict`` (optimizer moments, baselines, step counters);
 3. reports the cosine between the update and ``−gradient`` per parameter group (``lora_A``, ``lora_B``,
-   ``threshold``, ``decay``, ``other``) and over all owned parameters together, averaged over batches.
+   ``threshold``, ``decay``, ``other``) and over all of them together (``all``), averaged over batches — over the
+   parameters the learners *update* (:func:`~hybridtune.learners.protocol.learning_parameters`: e.g. ``eprop``'s
+   top ``top_blocks`` blocks only), and once more over every owned parameter (``all_owned``). A parameter a
+   learner owns but never moves would otherwise count as a zero update against what is often the largest part of
+   the gradient, and the cosine would judge the choice of what learns rather than the direction of the rule.
 
 A cosine near 0 means the rule moves the adapters in a direction unrelated to the loss; 1 means steepest descent.
 The update is what the learner applies (after its optimizer: Adam's per-coordinate scaling lowers the cosine of
@@ -37,7 +41,7 @@ from contextlib import ExitStack
 import torch
 from torch import Tensor, nn
 
-from .protocol import Learner, Observation, owned_parameters
+from .protocol import Learner, Observation, learning_parameters, owned_parameters
 
 __all__ = ["gradient_alignment", "parameter_group"]
 
@@ -49,18 +53,22 @@ def parameter_group(name: str) -> str:
     return next((group for key, group in _GROUPS if key in name), "other")
 
 
-def _owned(learners: Sequence[Learner]) -> dict[str, nn.Parameter]:
+def _owned(learners: Sequence[Learner]) -> tuple[dict[str, nn.Parameter], list[str]]:
+    """Every owned parameter, and the names of those the learners update."""
     owned: dict[str, nn.Parameter] = {}
+    learning: list[str] = []
     for lr in learners:
         try:
             params = owned_parameters(lr)
+            moving = learning_parameters(lr)
         except TypeError as err:
             raise TypeError(f"gradient_alignment: {err}") from None
         if not params:
             raise ValueError(f"gradient_alignment: learner {getattr(lr, 'name', lr)!r} has no parameters; call its "
                              "setup (or build a Trainer) first")
         owned.update(params)
-    return owned
+        learning.extend(moving)
+    return owned, learning
 
 
 def _nll(model: nn.Module, batch: Mapping[str, Tensor], keys: Sequence[str]) -> tuple[Tensor, Tensor]:
@@ -121,6 +129,8 @@ def _learner_update(model: nn.Module, learners: Sequence[Learner], owned: Mappin
 
 
 def _cosine(a: list[Tensor], b: list[Tensor]) -> float:
+    if not a:
+        return 0.0
     x, y = torch.cat([t.flatten() for t in a]), torch.cat([t.flatten() for t in b])
     denom = float(x.norm() * y.norm())
     return float(x @ y) / denom if denom > 0 else 0.0
@@ -128,14 +138,20 @@ def _cosine(a: list[Tensor], b: list[Tensor]) -> float:
 
 def gradient_alignment(model: nn.Module, learners: Sequence[Learner], batches: Iterable[Mapping[str, Tensor]],
                        keys: Sequence[str] | None = None) -> dict[str, float]:
-    """Mean cosine between the learners' update and ``−∇loss`` over ``batches``, per group and ``all``.
+    """Mean cosine between the learners' update and ``−∇loss`` over ``batches``: per group and ``all`` over the
+    parameters the learners update, ``all_owned`` over every parameter they own.
 
     ``model`` is the (unwrapped) peft model the learners were set up on; each batch holds ``input_ids``,
     ``attention_mask``, ``labels`` and optionally ``doc_start``. Nothing is changed: parameters, gradients and the
     learners' state are restored after every batch. ``keys``: what the model is called with (default: the batch's
     ``input_ids``, ``attention_mask`` and ``doc_start``).
     """
-    owned = _owned(learners)
+    owned, learning = _owned(learners)
+    groups: dict[str, list[str]] = {}
+    for name in learning:
+        groups.setdefault(parameter_group(name), []).append(name)
+    groups["all"] = learning
+    groups["all_owned"] = list(owned)
     sums: dict[str, float] = {}
     count = 0
     for batch in batches:
@@ -143,10 +159,6 @@ def gradient_alignment(model: nn.Module, learners: Sequence[Learner], batches: I
                                                           if k in batch)
         grad = _true_gradient(model, owned, batch, use)
         update = _learner_update(model, learners, owned, batch, use)
-        groups: dict[str, list[str]] = {}
-        for name in owned:
-            groups.setdefault(parameter_group(name), []).append(name)
-        groups["all"] = list(owned)
         for group, names in groups.items():
             cos = _cosine([update[n] for n in names], [-grad[n] for n in names])
             sums[group] = sums.get(group, 0.0) + cos

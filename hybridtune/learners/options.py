@@ -99,7 +99,7 @@ class EpropOptions(OptimizerOptions):
     (``top_blocks`` / ``block_decay`` mirror its ``TOP_BLOCKS`` / ``BLOCK_DECAY``; a test keeps them equal)."""
 
     feedback: str = "residual"  # a registered feedback path (residual, one_hop, random, ...)
-    top_blocks: int | None = 10  # only the top blocks' adapters learn (None: all)
+    top_blocks: int | None = 6  # only the top blocks' adapters learn (None: all)
     block_decay: float = 1.0
     seed: int = 0
     top_chunk: int = 256

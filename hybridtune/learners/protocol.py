@@ -136,6 +136,11 @@ class OwnsParameters:
         """The parameters this learner owns, by name (empty before ``setup``)."""
         return dict(getattr(self, "_params", {}))
 
+    def learning_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The owned parameters this learner can change (all of them unless a learner says otherwise, e.g.
+        ``eprop`` leaves the blocks below ``top_blocks`` at their initial values)."""
+        return self.owned_parameters()
+
 
 def owned_parameters(learner: Any) -> dict[str, torch.nn.Parameter]:
     """The parameters ``learner`` owns (see :class:`ParameterOwner`); a TypeError if it does not say."""
@@ -143,6 +148,21 @@ def owned_parameters(learner: Any) -> dict[str, torch.nn.Parameter]:
         raise TypeError(f"{type(learner).__name__} does not name its parameters: implement owned_parameters() "
                         f"(see hybridtune.learners.protocol.ParameterOwner)")
     return dict(learner.owned_parameters())
+
+
+def learning_parameters(learner: Any) -> dict[str, torch.nn.Parameter]:
+    """The owned parameters ``learner`` updates: its optional ``learning_parameters()``, else all it owns. A learner
+    that owns parameters it never moves (kept for checkpoints, or frozen by a depth profile) names the ones it moves
+    there, so diagnostics judge its update where it has one."""
+    owned = owned_parameters(learner)
+    subset = getattr(learner, "learning_parameters", None)
+    if not callable(subset):
+        return owned
+    chosen = dict(subset())
+    stray = sorted(set(chosen) - set(owned))
+    if stray:
+        raise ValueError(f"{type(learner).__name__}.learning_parameters() names {stray[:3]}, which it does not own")
+    return chosen
 
 
 def save_beside_adapter(learners: Sequence[Any], directory: str | os.PathLike) -> list[Path]:
@@ -197,4 +217,5 @@ def apply_update(params: Mapping[str, torch.nn.Parameter], deltas: Mapping[str, 
 
 
 __all__ = ["Learner", "ParamSpec", "OptimDefaults", "SetupContext", "Observation", "ParameterOwner",
-           "owned_parameters", "save_beside_adapter", "check_learner", "mean_across_ranks", "apply_update"]
+           "owned_parameters", "learning_parameters", "save_beside_adapter", "check_learner", "mean_across_ranks",
+           "apply_update"]

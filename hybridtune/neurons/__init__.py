@@ -17,6 +17,7 @@ from .encoders import ENCODINGS, encode, encode_direct, encode_latency, encode_r
 from .functional import (
     dynamic_threshold,
     expected_residual,
+    fires,
     fold_compensation,
     graded_quantize,
     if_rate_count,
@@ -30,7 +31,7 @@ from .functional import (
     popcount,
     spike_count,
 )
-from .graded import GradedNeuron
+from .graded import FirstTokenSwitch, GradedNeuron
 from .lif import IFNeuron, LIFNeuron, RateCodedIF
 from .linear import SpikingLinear
 from .registry import available_neurons, make_neuron, register_neuron
@@ -53,6 +54,7 @@ __all__ = [
     "ClipFreeThreshold",
     "ENCODINGS",
     "DynamicThreshold",
+    "FirstTokenSwitch",
     "GradedNeuron",
     "IFNeuron",
     "LIFNeuron",
@@ -76,6 +78,7 @@ __all__ = [
     "functional",
     "get_surrogate",
     "graded_quantize",
+    "fires",
     "if_rate_count",
     "if_sequence",
     "if_step",

@@ -200,11 +200,23 @@ def fold_compensation(weight: Tensor, residual: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------- IF / LIF (T > 1)
 
 
+def fires(v: Tensor, theta: Tensor | float) -> Tensor:
+    """The one firing rule of every LIF / IF neuron in the package: ``v > theta`` (boolean).
+
+    Strict, as in snnTorch's ``H(v - theta)``, the surrogate spike functions, the adapters' bottleneck scan and the
+    CUDA kernel: a membrane exactly at threshold does not fire.
+
+    Example:
+        >>> fires(torch.tensor([0.5, 1.0, 1.5]), 1.0).tolist()
+        [False, False, True]
+    """
+    return v > theta
+
+
 def _fire(v: Tensor, theta: Tensor | float, surrogate: Surrogate | None) -> Tensor:
-    # Hard threshold fires at v >= theta (so a constant input equal to theta fires every step); a surrogate uses
-    # snnTorch's convention H(v - theta) = (v - theta > 0) with its surrogate backward.
+    # A surrogate fires by the same rule in its forward and brings its own backward.
     if surrogate is None:
-        return (v >= theta).to(v.dtype)
+        return fires(v, theta).to(v.dtype)
     return surrogate.spike(v - theta)
 
 
@@ -219,8 +231,8 @@ def lif_step(
 ) -> tuple[Tensor, Tensor]:
     """One LIF step with soft reset -> ``(spike, v_new)``.
 
-    ``v = decay * v * (1 - reset) + x``; ``s = H(v - theta)``; ``v = v - s * theta``. ``reset`` (0/1 or bool,
-    broadcastable) zeroes the carried membrane first, e.g. at document boundaries. ``decay=1`` is IF.
+    ``v = decay * v * (1 - reset) + x``; ``s = H(v - theta)`` (:func:`fires`: ``v > theta``); ``v = v - s * theta``.
+    ``reset`` (0/1 or bool, broadcastable) zeroes the carried membrane first, e.g. at document boundaries. ``decay=1`` is IF.
 
     Example:
         >>> s, v = lif_step(torch.tensor([0.5]), torch.tensor([0.7]), theta=1.0, decay=0.5)
@@ -265,9 +277,9 @@ def lif_sequence(
     per step. The loop is over time only (the soft reset makes the recurrence nonlinear).
 
     Example:
-        >>> s, v = lif_sequence(torch.full((4, 1), 0.5), theta=1.0, decay=1.0)
+        >>> s, v = lif_sequence(torch.full((4, 1), 0.625), theta=1.0, decay=1.0)
         >>> s.squeeze(-1).tolist(), v.tolist()
-        ([0.0, 1.0, 0.0, 1.0], [0.0])
+        ([0.0, 1.0, 0.0, 1.0], [0.5])
     """
     xs = x.movedim(time_dim, 0)
     rs = reset.movedim(time_dim, 0) if reset is not None else None
@@ -297,14 +309,15 @@ def if_rate_count(x: Tensor, theta: Tensor | float, num_steps: int) -> Tensor:
     """Closed-form signed spike count of a rate-coded IF neuron driven by a constant current over ``num_steps``.
 
     A positive and a negative population each integrate ``|x|`` from rest with soft reset and fire at
-    ``v >= theta`` at most once per step, so the count is ``sign(x) * min(T, floor(T * |x| / theta))`` -- exactly
-    what ``if_sequence`` produces, without the loop over T. The decoded value is ``count * theta / T``.
+    ``v > theta`` (:func:`fires`) at most once per step, so the count is
+    ``sign(x) * clamp(ceil(T * |x| / theta) - 1, 0, T)`` -- exactly what ``if_sequence`` produces, without the loop
+    over T. The decoded value is ``count * theta / T``.
 
     Example:
         >>> if_rate_count(torch.tensor([0.26, -0.5, 2.0]), 1.0, 4).tolist()
-        [1.0, -2.0, 4.0]
+        [1.0, -1.0, 4.0]
     """
     if num_steps < 1:
         raise ValueError(f"num_steps={num_steps} must be >= 1")
-    n = torch.div(x.abs() * num_steps, theta).floor_().clamp_(max=num_steps)
+    n = torch.div(x.abs() * num_steps, theta).ceil_().sub_(1).clamp_(min=0, max=num_steps)
     return n.mul_(torch.sign(x))

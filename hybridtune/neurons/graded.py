@@ -44,6 +44,20 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None, None, None
 
 
+class FirstTokenSwitch:
+    """Per-call switch of a graded neuron that passes the first token of a fresh sequence through in float.
+
+    ``active`` is set for the duration of one model call by whoever knows the call's positions (conversion's
+    ``float_sink`` strategy: a hook on the model, True iff the call starts at position 0, i.e. no KV cache holds
+    tokens yet) and is False otherwise. A plain object, not state of the neuron: nothing of it is saved.
+    """
+
+    __slots__ = ("active",)
+
+    def __init__(self) -> None:
+        self.active = False
+
+
 class GradedNeuron(nn.Module):
     """Graded spiking neuron: ``q = clamp(round(v / theta), -n, n)``, returns ``q * theta`` (what the next layer sees).
 
@@ -55,6 +69,9 @@ class GradedNeuron(nn.Module):
             (base-2) and saturates at the bound. Give ``phases`` or ``max_spikes``, not both.
         counting: ``"unary"`` (``|q|`` spikes) or ``"base2"`` (``popcount(|q|)`` spikes: thresholds theta,
             2 theta, 4 theta, ...). Counting changes the spike statistics, not the value.
+        first_token: a :class:`FirstTokenSwitch`; while it is active, the first token of a ``[B, T, C]`` input
+            (index 0 of the token axis) passes through unchanged in float and only tokens 1.. are encoded and
+            counted (the consumer's float work on it is charged by the accounting census). None: every token spikes.
 
     The backward is straight-through (identity to ``v``) so adapters in earlier layers receive gradients; the
     threshold gets none. When ``stats`` is a ``SpikeStats``, each forward adds its spikes, neuron-steps, silent
@@ -68,7 +85,7 @@ class GradedNeuron(nn.Module):
     """
 
     def __init__(self, threshold: ThresholdStrategy, max_spikes: int | None = None, counting: str = "unary",
-                 phases: int | None = None):
+                 phases: int | None = None, first_token: FirstTokenSwitch | None = None):
         super().__init__()
         if phases is not None:
             if max_spikes is not None and max_spikes != phase_bound(phases):
@@ -86,6 +103,13 @@ class GradedNeuron(nn.Module):
         self.counting = counting
         self.stats: SpikeStats | None = None
         self.fan_out: int = 1
+        self.first_token = first_token
+
+    def float_tokens(self, v: Tensor) -> int:
+        """How many tokens of ``v`` this call passes through in float (the census charges their consumers)."""
+        if self.first_token is None or not self.first_token.active or v.dim() < 3 or v.shape[-2] == 0:
+            return 0
+        return v[..., 0, 0].numel()
 
     def quantize(self, v: Tensor) -> tuple[Tensor, Tensor]:
         """Integer spike counts and threshold ``(q, theta)`` for ``v`` (no statistics, no gradient)."""
@@ -98,6 +122,11 @@ class GradedNeuron(nn.Module):
         record_spikes(self.stats, q, self.fan_out, counts)
 
     def forward(self, v: Tensor) -> Tensor:
+        if self.float_tokens(v):  # the attention-sink token stays float; the rest spikes
+            return torch.cat([v[..., :1, :], self._encode(v[..., 1:, :])], dim=-2)
+        return self._encode(v)
+
+    def _encode(self, v: Tensor) -> Tensor:
         with torch.no_grad():  # the threshold gets no gradient: don't record (or save v for) its graph
             theta = self.threshold(v)
         on_counts = self._count if self.stats is not None else None
@@ -108,6 +137,7 @@ class GradedNeuron(nn.Module):
 
     def extra_repr(self) -> str:
         phases = f"phases={self.phases}, " if self.phases is not None else ""
+        phases += "first_token=float, " if self.first_token is not None else ""
         return f"{phases}max_spikes={self.max_spikes}, counting={self.counting!r}, fan_out={self.fan_out}"
 
     @property

@@ -37,7 +37,7 @@ class LIFNeuron(StatefulNeuron):
     ``step_mode="single"``: one call = one time step, membrane carried in ``self.v`` across calls (reset with
     ``reset_state()``). ``"multi"``: one call = a whole sequence with time on dim 0, starting from ``self.v``.
     ``surrogate`` (a name in ``surrogates``) makes the spike differentiable with that surrogate (snnTorch's
-    convention ``v - theta > 0``); None gives a hard threshold firing at ``v >= theta``.
+    convention ``v - theta > 0``); None gives a hard threshold firing by the same rule (``functional.fires``).
 
     Example:
         >>> n = LIFNeuron(threshold=1.0, decay=0.5, step_mode="multi")
@@ -90,7 +90,7 @@ class IFNeuron(LIFNeuron):
     """Integrate-and-fire (no leak) with soft reset; ``LIFNeuron`` with ``decay=1``.
 
     Example:
-        >>> IFNeuron(step_mode="multi")(torch.full((4, 1), 0.5)).squeeze(-1).tolist()
+        >>> IFNeuron(step_mode="multi")(torch.full((4, 1), 0.625)).squeeze(-1).tolist()
         [0.0, 1.0, 0.0, 1.0]
     """
 

@@ -133,9 +133,9 @@ class ClipFreeThreshold(nn.Module):
     (clipped) to about 1.01x; the per-token max costs one comparison per element (charged by the census).
 
     Example:
-        >>> t = ClipFreeThreshold(DynamicThreshold("mean_abs", divisor=4.0), cap=3)
+        >>> t = ClipFreeThreshold(DynamicThreshold("mean_abs", divisor=2.0), cap=3)
         >>> t(torch.tensor([[1.0, 1.0], [1.0, 9.0]])).squeeze(-1).tolist()
-        [0.25, 3.0]
+        [0.5, 3.0]
     """
 
     def __init__(self, inner: nn.Module, cap: int):

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hybridtune.neurons.functional import lif_step
+
 # chunk length of the vectorised linear scan: the per-chunk decay matrix is [B, C, C, r], work O(T C r). Measured on
 # CPU (B = 1, r = 8, T = 128..512) 32 was fastest; it halves for large B * r to bound the temporary.
 SCAN_MAX_CHUNK, SCAN_MIN_CHUNK, SCAN_BUDGET = 32, 8, 1 << 21
@@ -149,21 +151,17 @@ def lif_scan(h: Tensor, threshold: Tensor, decay: Tensor, reset: Tensor | None,
 
 def lif_scan_torch(h: Tensor, threshold: Tensor, decay: Tensor, reset: Tensor | None,
                    state: Tensor | None) -> tuple[Tensor, Tensor]:
-    """:func:`lif_scan` with torch ops (any device)."""
+    """:func:`lif_scan` with torch ops (any device): the package's one LIF step
+    (:func:`hybridtune.neurons.functional.lif_step`) applied token by token."""
     bsz, steps, rank = h.shape
-    h_t = h.transpose(0, 1).contiguous()  # [T, B, r]: each step reads one contiguous slice
-    if reset is None:
-        gain = decay.expand(steps, bsz, rank)
-    else:
-        gain = (~reset).t().unsqueeze(-1).to(h.dtype) * decay  # [T, B, r]
+    h_t = h.transpose(0, 1)  # [T, B, r]
+    cut = None if reset is None else reset.t().unsqueeze(-1)  # [T, B, 1]
     v = h.new_zeros(bsz, rank) if state is None else state.to(h.dtype)
-    fired = torch.empty(steps, bsz, rank, dtype=torch.bool, device=h.device)
-    neg_theta = (-threshold).expand(bsz, rank)
+    spikes = []
     for t in range(steps):
-        v = torch.addcmul(h_t[t], gain[t], v)
-        torch.gt(v, threshold, out=fired[t])
-        v = torch.where(fired[t], v + neg_theta, v)
-    return fired.transpose(0, 1).to(h.dtype, memory_format=torch.contiguous_format), v
+        s, v = lif_step(v, h_t[t], threshold, decay, None if cut is None else cut[t])
+        spikes.append(s)
+    return torch.stack(spikes, 1), v
 
 
 def _numpy_ok(t: Tensor) -> bool:
@@ -188,7 +186,7 @@ def lif_scan_numpy(h: Tensor, threshold: Tensor, decay: Tensor, reset: Tensor | 
     for t in range(steps):
         v *= gain[t]
         v += h_t[t]
-        np.greater(v, theta, out=fired[t])
+        np.greater(v, theta, out=fired[t])  # functional.fires: v > theta
         np.subtract(v, theta, out=v, where=fired[t])
     spikes = torch.from_numpy(fired).transpose(0, 1).to(h.dtype, memory_format=torch.contiguous_format)
     return spikes, torch.from_numpy(v)

@@ -36,6 +36,7 @@ from .checkpoint import STATE_FILE
 from .data import build_data, open_corpora
 from .evaluation import evaluate_perplexity
 from .loop import Trainer, TrainerCallback, apply_op_backend, build_learners, make_accelerator
+from .recovery import RecoveryCurve, attention_transfer_stage, save_recovered_conversion
 from .report import read_report
 from .rundir import RunDir, open_run_dir, write_base_record
 
@@ -139,8 +140,14 @@ def run_domain_adaptation(cfg: RunConfig, *, echo: Callable[[str], None] | None 
     model = attach_adapter(snn, cfg.adapter)
     facts = {"ppl_ann": ppl_ann, "model": cfg.model.name, "base_fingerprint": fingerprint, "data": data_info,
              "conversion_cache": cache, "adapter_dir": str(run.path / "adapter")}
+    stages: list[TrainerCallback] = []
+    if cfg.recovery.stage1_steps > 0:  # recovery stage 1 (attention transfer); stage 2 is the trainer below
+        stage1 = attention_transfer_stage(model, cfg, train, held, ppl_ann, run.path, acc, say)
+        facts["spiking_dir"] = str(save_recovered_conversion(model, run.path, acc))
+        stages.append(RecoveryCurve(stage1, ppl_ann, {"softmax": cfg.conversion.softmax}))
     trainer = Trainer(model, cfg, learners=learners, train_data=train, eval_data=held, accelerator=acc, run_dir=run,
-                      extra_metrics=lambda m: spike_probe(m, acc), callbacks=[_Pipeline(facts, eval_tensors, started), *callbacks])
+                      extra_metrics=lambda m: spike_probe(m, acc),
+                      callbacks=[_Pipeline(facts, eval_tensors, started), *stages, *callbacks])
     trainer.report_title = f"{cfg.model.name} on {data_info['train']}"
     return trainer.fit()
 

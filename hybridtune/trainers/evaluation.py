@@ -6,6 +6,7 @@ once by the global count.
 
 Example:
     >>> import torch
+    >>> from hybridtune.perplexity import causal_lm_nll
     >>> logits = torch.zeros(1, 3, 4)                      # uniform over 4 tokens
     >>> nll, count = causal_lm_nll(logits, torch.tensor([[0, 1, -100]]))
     >>> round(float(nll.sum()), 4), int(count)             # one target: log(4)

@@ -21,6 +21,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -95,4 +96,19 @@ def clear() -> None:
     _STATE.pending = None
 
 
-__all__ = ["TrainingInterrupted", "checkpoint_on_signals", "deferred", "armed", "pending", "clear", "SIGNALS"]
+def agreed_signal(accelerator: Any = None) -> int | None:
+    """The signal every rank agrees to stop on (the largest any rank received), or None; every rank must call it
+    at the same point of the loop."""
+    if not armed():
+        return None
+    signum = pending() or 0
+    if accelerator is not None and accelerator.num_processes > 1:
+        import torch
+
+        flag = torch.tensor([signum], device=accelerator.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        signum = int(flag[0])
+    return signum or None
+
+
+__all__ = ["TrainingInterrupted", "checkpoint_on_signals", "deferred", "armed", "pending", "clear", "agreed_signal", "SIGNALS"]

@@ -52,6 +52,7 @@ from typing import Any
 
 import torch
 
+from ..adapters import model_call_keys
 from ..config import RunConfig
 from ..config_schema import ConfigError
 from ..learners import (
@@ -163,12 +164,7 @@ def build_learners(cfg: RunConfig) -> list[Learner]:
     return out
 
 
-def default_model_keys(model: torch.nn.Module) -> tuple[str, ...]:
-    """What the model is called with: a spiking peft model also takes ``doc_start`` (popped by its hook)."""
-    from ..adapters import is_spiking_peft_model
-
-    keys = ("input_ids", "attention_mask")
-    return keys + ("doc_start",) if is_spiking_peft_model(model) else keys
+default_model_keys = model_call_keys  # the trainers' name for it
 
 
 def _labels(learners: Sequence[Learner]) -> list[str]:
@@ -401,14 +397,7 @@ class Trainer:
 
     def _interrupt_signal(self) -> int | None:
         """The signal every rank agrees to stop on (the largest any rank received), or None."""
-        if not interrupt.armed():
-            return None
-        signum = interrupt.pending() or 0
-        if self.accelerator.num_processes > 1:
-            flag = torch.tensor([signum], device=self.accelerator.device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            signum = int(flag[0])
-        return signum or None
+        return interrupt.agreed_signal(self.accelerator)
 
     def _evaluate_and_track(self) -> dict[str, float]:
         metrics = self.evaluate()

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..config import RunConfig, read_yaml, save_config
+from ..config import RecoverySection, RunConfig, read_yaml, save_config
 from ..config_schema import ConfigError, to_dict
 from ..files import FileError, atomic_write_json, read_json, writing
 from .checkpoint import list_checkpoints, newest_verified_checkpoint
@@ -44,7 +44,8 @@ RUN_FORMAT = "hybridtune-run"
 # Changing any of these between the interrupted run and the resumed one would change the trajectory.
 TRAJECTORY_KEYS = ("model", "conversion", "adapter", "learners", "data", "trainer.seed", "trainer.batch_size",
                    "trainer.grad_accum", "trainer.scheduler", "trainer.warmup_steps", "trainer.weight_decay",
-                   "trainer.max_grad_norm", "trainer.mixed_precision")
+                   "trainer.max_grad_norm", "trainer.mixed_precision", "recovery.stage1_steps", "recovery.stage1_lr",
+                   "recovery.stage1_batch_size")
 
 
 @dataclass
@@ -71,6 +72,7 @@ def _diff_keys(old: Any, new: Any, prefix: str) -> list[str]:
 def check_resumable(saved: dict, cfg: RunConfig, source: str) -> None:
     """ConfigError naming every trajectory-defining key whose value differs from the saved run's."""
     now = to_dict(cfg)
+    saved = {"recovery": to_dict(RecoverySection()), **saved}  # a run saved before the recovery section existed
     differ = []
     for key in TRAJECTORY_KEYS:
         differ += _diff_keys(_get(saved, key), _get(now, key), key)

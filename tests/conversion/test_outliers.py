@@ -160,7 +160,7 @@ def test_activation_strategies_touch_only_the_ffn_activation_sites():
         else:
             assert isinstance(module.threshold, DynamicThreshold) and module.threshold.mode == "mean_abs"
     with pytest.raises(ValueError, match="needs conversion.phases"):
-        convert(tiny_model("llama"), ConversionConfig(outliers=("act_absmax",), compensation=False))
+        convert(tiny_model("llama"), ConversionConfig(phases=None, outliers=("act_absmax",), compensation=False))
 
 
 def test_act_absmax_static_thresholds_are_the_calibrated_max_over_the_cap():
@@ -218,7 +218,7 @@ def test_clip_free_strategy_floors_every_dynamic_site_and_is_charged():
     elements = sum(v for k, v in ops["threshold_divide_round"].items() if k == "acs")  # one add per element
     assert ops["threshold_stats"]["acs"] == pytest.approx(base["threshold_stats"].get("acs", 0) + elements)
     with pytest.raises(ValueError, match="needs conversion.phases"):
-        convert(tiny_model("llama"), ConversionConfig(outliers=("clip_free",), compensation=False))
+        convert(tiny_model("llama"), ConversionConfig(phases=None, outliers=("clip_free",), compensation=False))
     with pytest.raises(ValueError, match="static thresholds"):
         convert(tiny_model("llama"), ConversionConfig(phases=8, threshold="static", outliers=("clip_free",),
                                                      compensation=False), calib=torch.randint(3, 256, (64,)))

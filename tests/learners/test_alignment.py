@@ -46,7 +46,7 @@ def test_sgd_on_the_surrogate_gradient_is_exactly_downhill_and_nothing_changes()
     before = {n: p.detach().clone() for n, p in owned.items()}
     state = sgd.optimizer.state_dict()
     cos = gradient_alignment(model, [sgd], batches())
-    assert set(cos) == {"lora_A", "lora_B", "threshold", "decay", "all"}
+    assert set(cos) == {"lora_A", "lora_B", "threshold", "decay", "all", "all_owned"}
     for group, value in cos.items():
         assert value == pytest.approx(1.0, abs=1e-5), group
     assert all(torch.equal(p, before[n]) and p.grad is None for n, p in owned.items())
@@ -66,6 +66,24 @@ def test_eprop_with_an_exact_path_is_downhill_and_stdp_is_not():
     setup(stdp, model2, "lora_")
     cos = gradient_alignment(model2, [stdp], batches())
     assert -1.0 <= cos["all"] <= 1.0 and cos["all"] < 0.9
+
+
+def test_the_cosine_is_taken_over_the_parameters_the_learner_updates():
+    """eprop with top_blocks=1 on a 2-block model leaves block 0 at its initial values: ``all`` and the groups judge
+    block 1 only (there the residual path is exact, so plain SGD is downhill), ``all_owned`` counts block 0's zero
+    update against its gradient too."""
+    model = get_spiking_peft_model(tiny_model("llama"), spiking_lora_config(r=4, neuron="lif", threshold=0.02,
+                                                                           init_b_std=0.05,
+                                                                           target_modules=["down_proj"]))
+    ep = EpropLearner(params="lora_B", lr=1.0, optimizer="SGD", scheduler="constant", max_grad_norm=None,
+                      top_blocks=1)
+    owned = setup(ep, model, "lora_B")
+    learning = ep.learning_parameters()
+    assert len(owned) == 2 and list(learning) == [n for n in owned if ".layers.1." in n]
+    cos = gradient_alignment(model, [ep], batches())
+    assert set(cos) == {"lora_B", "all", "all_owned"}
+    assert cos["all"] == pytest.approx(cos["lora_B"]) and cos["all"] > 0.99
+    assert 0 < cos["all_owned"] < cos["all"] - 0.01
 
 
 def test_groups_and_errors():

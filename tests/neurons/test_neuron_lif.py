@@ -31,13 +31,16 @@ def test_if_sequence_by_hand():
 
 def test_lif_sequence_by_hand_with_reset_mask():
     x = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0])[:, None]
-    # decay 0.5, theta 1.5: v=1 ; 0.5+1=1.5 spike -> 0 ; 1 ; 1.5 spike -> 0 ; 1
-    s, v = lif_sequence(x, theta=1.5, decay=0.5)
-    assert s.squeeze(-1).tolist() == [0, 1, 0, 1, 0] and v.tolist() == [1.0]
-    # reset at t=1 drops the carried 0.5: v = 1, 1, 1.5 (spike) -> 0, 1, 1.5 (spike) -> 0
+    # decay 0.5, theta 1.25: v=1 ; 0.5+1=1.5 spike -> 0.25 ; 1.125 ; 1.5625 spike -> 0.3125 ; 1.15625
+    s, v = lif_sequence(x, theta=1.25, decay=0.5)
+    assert s.squeeze(-1).tolist() == [0, 1, 0, 1, 0] and v.tolist() == [1.15625]
+    # reset at t=1 drops the carried 0.5: v = 1, 1, 1.5 (spike) -> 0.25, 1.125, 1.5625 (spike) -> 0.3125
     reset = torch.tensor([0, 1, 0, 0, 0])[:, None]
-    s, v = lif_sequence(x, theta=1.5, decay=0.5, reset=reset)
-    assert s.squeeze(-1).tolist() == [0, 0, 1, 0, 1] and v.tolist() == [0.0]
+    s, v = lif_sequence(x, theta=1.25, decay=0.5, reset=reset)
+    assert s.squeeze(-1).tolist() == [0, 0, 1, 0, 1] and v.tolist() == [0.3125]
+    # a membrane exactly at threshold does not fire (functional.fires: v > theta)
+    s, _ = lif_sequence(torch.tensor([[1.5]]), theta=1.5, decay=0.5)
+    assert s.tolist() == [[0.0]]
 
 
 def test_step_functions_match_sequence_and_time_dim():
@@ -50,7 +53,7 @@ def test_step_functions_match_sequence_and_time_dim():
         assert torch.equal(s, s_seq[:, t])
     assert torch.equal(v, v_seq)
     s1, v1 = if_step(torch.tensor([0.5]), torch.tensor([0.5]))
-    assert s1.tolist() == [1.0] and v1.tolist() == [0.0]  # fires at v >= theta
+    assert s1.tolist() == [0.0] and v1.tolist() == [1.0]  # fires at v > theta only (functional.fires)
 
 
 def test_surrogate_lif_has_gradients_and_strict_threshold():
@@ -84,7 +87,7 @@ def test_if_rate_count_closed_form_equals_simulation():
     for T in (1, 2, 5, 8, 32):
         pos, _ = if_sequence(x.abs().expand(T, -1), theta=1.0)
         assert torch.equal(if_rate_count(x, 1.0, T), pos.sum(0) * torch.sign(x))
-    assert if_rate_count(torch.tensor([0.26, -0.5, 2.0]), 1.0, 4).tolist() == [1.0, -2.0, 4.0]
+    assert if_rate_count(torch.tensor([0.26, -0.5, 2.0]), 1.0, 4).tolist() == [1.0, -1.0, 4.0]
     with pytest.raises(ValueError, match="num_steps"):
         if_rate_count(x, 1.0, 0)
 
@@ -123,7 +126,7 @@ def test_lif_stats_golden():
     n = IFNeuron(step_mode="multi")
     n.fan_out = 2
     n.stats = SpikeStats()
-    n(torch.full((4, 3), 0.5))  # spikes at t = 1, 3 for all 3 neurons
+    n(torch.full((4, 3), 0.625))  # v = 0.625, 1.25 (spike), 0.875, 1.5 (spike): t = 1, 3 for all 3 neurons
     assert n.stats == SpikeStats(spikes=6.0, neuron_steps=12, silent=6, sops=12.0, unary_spikes=6.0)
 
 

@@ -18,6 +18,7 @@ from hybridtune.conversion.outliers.online import OnlineHadamard, attach_input_t
 from hybridtune.conversion.outliers.strategies import (
     OutlierStrategy,
     available_outliers,
+    calibration_start,
     get_outliers,
     register_outliers,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "apply_hadamard",
     "attach_input_transform",
     "available_outliers",
+    "calibration_start",
     "get_outliers",
     "hadamard",
     "hadamard_adds",

@@ -21,6 +21,8 @@ Built-ins:
 - ``act_absmax``: the FFN activation sites' per-token threshold becomes ``max|v_t| / (2**K - 1)`` (no saturation).
 - ``clip_free``: every dynamic threshold is floored at ``max|v_t| / (2**K - 1)``: the fine mean-based step for
   ordinary tokens, no clipped outliers for massive-activation tokens.
+- ``float_sink``: the first token of a fresh sequence (the attention sink) stays float at every site and is left
+  out of calibration; its consumers' float MACs are charged (``hybridtune.conversion.outliers.sink``).
 - ``smooth``: SmoothQuant's factor (Xiao et al. 2023) ``s_c = max|x_c|^a / max|W_c|^(1-a)`` at norm outputs,
   ``x / s`` folded into the norm gain and ``diag(s)`` into the readers. Free.
 
@@ -49,6 +51,7 @@ from hybridtune.conversion.outliers.folding import (
 )
 from hybridtune.conversion.outliers.hadamard import random_hadamard
 from hybridtune.conversion.outliers.online import attach_hadamard_input
+from hybridtune.conversion.outliers.sink import FloatSink
 from hybridtune.conversion.plan import Plan, get_module
 
 StrategyState = dict[str, dict[str, Tensor]]  # site -> {kind: tensor}, merged into the calibration state
@@ -56,7 +59,12 @@ StrategyState = dict[str, dict[str, Tensor]]  # site -> {kind: tensor}, merged i
 
 @runtime_checkable
 class OutlierStrategy(Protocol):
-    """What ``convert`` calls for each name in ``conversion.outliers``."""
+    """What ``convert`` calls for each name in ``conversion.outliers``.
+
+    Optional members: ``encoder_overrides(site, config, layout) -> dict`` (keyword arguments for the site's
+    encoder), ``finalize(model, plan, config)`` (after the sites are installed), ``calibration_start`` (the first
+    block position calibration observes; see ``calibration.calibration_start``).
+    """
 
     name: str
     needs_calibration: bool
@@ -217,7 +225,8 @@ class ChannelScale:
         if config.threshold != "dynamic":
             raise ValueError(f"conversion.outliers: {self.name!r} scales a dynamic per-token threshold per channel; "
                              "static thresholds are per channel already (drop it or set threshold: dynamic)")
-        stats = channel_statistics(model, Plan(plan.family, self._sites(plan, recipe)), calib_ids, self.stat)
+        stats = channel_statistics(model, Plan(plan.family, self._sites(plan, recipe)), calib_ids, self.stat,
+                                   calibration_start(config))
         out: StrategyState = {}
         for name, stat in stats.items():
             s = stat.clamp(min=float(stat.max()) * 1e-6).pow(self.alpha)
@@ -259,7 +268,7 @@ class ActivationAbsMax:
         from hybridtune.conversion.calibration import channel_statistics
 
         cap = float((1 << config.phases) - 1)
-        stats = channel_statistics(model, Plan(plan.family, self._sites(plan, recipe)), calib_ids, "max_abs")
+        stats = channel_statistics(model, Plan(plan.family, self._sites(plan, recipe)), calib_ids, "max_abs", calibration_start(config))
         return {name: {"theta": (m / cap).clamp_(min=1e-8)} for name, m in stats.items()}
 
     def _check(self, config: Any) -> None:
@@ -326,7 +335,7 @@ class Smoothing:
         from hybridtune.conversion.calibration import channel_statistics
 
         sites = [s for s in plan.sites if s.kind == "output" and s.consumers and _is_norm(model, s.module)]
-        xmax = channel_statistics(model, Plan(plan.family, sites), calib_ids, "max_abs")
+        xmax = channel_statistics(model, Plan(plan.family, sites), calib_ids, "max_abs", calibration_start(config))
         out: StrategyState = {}
         for site in sites:
             wmax = torch.stack([get_module(model, c).weight.detach().abs().amax(0).float().cpu()
@@ -376,6 +385,12 @@ def register_outliers(name: str, factory: Callable[[], OutlierStrategy], overwri
     _STRATEGIES[name] = factory
 
 
+def calibration_start(config: Any) -> int:
+    """The first block position calibration observes: 1 when an outlier strategy keeps the first token in float
+    (``float_sink``: its massive activations would set every static threshold and residual), else 0."""
+    return max((getattr(get_outliers(name), "calibration_start", 0) for name in config.outliers), default=0)
+
+
 def available_outliers() -> list[str]:
     return sorted(_STRATEGIES)
 
@@ -400,3 +415,4 @@ register_outliers("channel_scale_out", lambda: ChannelScale("channel_scale_out",
 register_outliers("smooth", lambda: Smoothing("smooth", 0.5))
 register_outliers("act_absmax", ActivationAbsMax)
 register_outliers("clip_free", ClipFree)
+register_outliers("float_sink", FloatSink)

@@ -3,7 +3,7 @@
 * :mod:`.rule` — the pure e-prop math on one spiking LoRA layer (pseudo-derivative × presynaptic trace × signal);
 * :mod:`.top` — the residual-stream error, by one backward through the final norm and ``lm_head`` only;
 * :mod:`.feedback` — feedback path strategies (``residual``, ``one_hop``, ``random``) and their registry;
-* :mod:`.depth` — how much learning rate each block gets (by default only the top 10 blocks learn);
+* :mod:`.depth` — how much learning rate each block gets (by default only the top 6 blocks learn);
 * :mod:`.learner` — the stateful learner the trainer drives.
 """
 
