@@ -26,6 +26,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons; the test gets fresh ones afterwards (as AccelerateTestCase does)."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
 @pytest.fixture(scope="session")
 def default_model():
     """The embedded default model, loaded once per session (tests must not modify it in place)."""

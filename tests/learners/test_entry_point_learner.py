@@ -87,14 +87,7 @@ def plugin(tmp_path, monkeypatch):
     sys.modules.pop("toy_plugin_rules", None)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    yield
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # tests/conftest.py
 
 
 def test_entry_point_learner_is_found_and_trains_in_the_trainer(plugin, tmp_path):

@@ -21,14 +21,7 @@ from hybridtune.trainers.checkpoint import latest_checkpoint
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "learners"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    yield
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # tests/conftest.py
 
 
 def model(neuron="lif", seed=0, targets=("q_proj", "v_proj")):

@@ -18,14 +18,7 @@ from hybridtune.trainers import interrupt
 TEXT = "def add(a, b):\n    return a + b\n\nclass Point:\n    x: int\n    y: int\n"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    yield
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # tests/conftest.py
 
 
 @pytest.fixture

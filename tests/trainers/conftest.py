@@ -22,14 +22,9 @@ def _load(name: str):
 
 
 @pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    """Accelerate keeps process-wide singletons; each test gets a fresh one (as AccelerateTestCase does)."""
+def _fresh_accelerate_state(fresh_accelerate_state):
+    """Every trainer test gets fresh Accelerate singletons (tests/conftest.py)."""
     yield
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
 
 
 @pytest.fixture(scope="session")
