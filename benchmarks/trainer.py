@@ -112,10 +112,10 @@ def run_hybridtune(model, train, args, out: Path) -> list[tuple[float, float]]:
 
 
 def ppl(model, held, batch_size: int) -> float:
+    from hybridtune.adapters import model_call_keys
     from hybridtune.trainers.evaluation import evaluate_perplexity
-    from hybridtune.trainers.loop import default_model_keys
 
-    return evaluate_perplexity(model, held.as_dict(), batch_size, keys=default_model_keys(model))["ppl"]
+    return evaluate_perplexity(model, held.as_dict(), batch_size, keys=model_call_keys(model))["ppl"]
 
 
 def build(name: str, args, tokenizer):

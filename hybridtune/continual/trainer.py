@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import yaml
 
+from hybridtune.adapters import model_call_keys
 from hybridtune.config import RunConfig
 from hybridtune.config_schema import ConfigError
 from hybridtune.continual.config import ContinualSection, check_resumable_section
@@ -73,7 +74,7 @@ from hybridtune.learners import Learner
 from hybridtune.learners.protocol import save_beside_adapter
 from hybridtune.tracking import NullTracker, make_tracker
 from hybridtune.trainers.checkpoint import newest_verified_checkpoint
-from hybridtune.trainers.loop import build_learners, default_model_keys, make_accelerator
+from hybridtune.trainers.loop import build_learners, make_accelerator
 from hybridtune.trainers.rundir import RunDir, open_run_dir
 
 REPORT_FILE = "report.json"
@@ -159,7 +160,7 @@ class ContinualTrainer:
         self.learner_factory()  # unknown learners / bad options fail before any work
         self.callbacks = list(callbacks)
         self.batch_context, self.extra_metrics = batch_context, extra_metrics
-        self.model_keys = tuple(model_keys) if model_keys is not None else default_model_keys(model)
+        self.model_keys = tuple(model_keys) if model_keys is not None else model_call_keys(model)
         self.run_dir = run_dir
         self.state = ContinualState(domains=self.labels)
         if baseline is not None:

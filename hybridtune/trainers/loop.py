@@ -164,9 +164,6 @@ def build_learners(cfg: RunConfig) -> list[Learner]:
     return out
 
 
-default_model_keys = model_call_keys  # the trainers' name for it
-
-
 def _labels(learners: Sequence[Learner]) -> list[str]:
     names = [getattr(lr, "name", type(lr).__name__) for lr in learners]
     return [n if names.count(n) == 1 else f"{n}{i}" for i, n in enumerate(names)]
@@ -244,7 +241,7 @@ class Trainer:
             self.model = acc.prepare(model)
         self.train_tensors = as_tensors(train_data)
         self.eval_tensors = as_tensors(eval_data) if eval_data is not None else None
-        self.model_keys = tuple(model_keys) if model_keys is not None else default_model_keys(model)
+        self.model_keys = tuple(model_keys) if model_keys is not None else model_call_keys(model)
         try:
             self.sampler = BlockSampler(self.train_tensors["input_ids"].shape[0], t.batch_size, acc.num_processes,
                                         acc.process_index, t.seed)

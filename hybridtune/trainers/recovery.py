@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..adapters import model_call_keys
 from ..config import RunConfig
 from ..neurons import reset_state
 from ..recovery import (
@@ -40,7 +41,7 @@ from ..tracking import read_metrics
 from . import interrupt
 from .checkpoint import load_checkpoint, newest_verified_checkpoint, save_checkpoint, set_rng_state
 from .evaluation import evaluate_perplexity
-from .loop import Trainer, TrainerCallback, default_model_keys
+from .loop import Trainer, TrainerCallback
 from .sampler import BlockSampler, as_tensors, select
 
 RECOVERY_DIR = "recovery"
@@ -62,7 +63,7 @@ class TransferState:
 
 def _measure(model: torch.nn.Module, eval_tensors: dict[str, torch.Tensor], batch_size: int, accelerator: Any,
              ppl_ann: float, stage: int, state: TransferState) -> dict[str, Any]:
-    keys = default_model_keys(model)
+    keys = model_call_keys(model)
 
     def reset_then(batch):
         reset_state(model)
@@ -84,7 +85,7 @@ def attention_transfer_stage(model: torch.nn.Module, cfg: RunConfig, train: Any,
     batch_size = r.stage1_batch_size or cfg.trainer.batch_size
     sampler = BlockSampler(train_t["input_ids"].shape[0], batch_size, acc.num_processes, acc.process_index,
                            cfg.trainer.seed)
-    keys = default_model_keys(model)
+    keys = model_call_keys(model)
     state = TransferState()
     was_training = model.training
     with train_only_replacements(model) as params:
