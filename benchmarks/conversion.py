@@ -51,17 +51,12 @@ LI = ("ffn_act", "linear_inputs")
 G = functools.partial(ConversionConfig, compensation=False, phases=None, outliers=())
 
 
-ROTATE = ("rotate", "hadamard_down")  # residual rotation folded into the weights + online Hadamard at down_proj
-SCALED = (*ROTATE, "channel_scale", "act_absmax")  # ... + FFN activation: per-channel factor, per-token max
-# no residual rotation: per-head value rotation (free), online Hadamard at down_proj, per-channel factors at the
-# norm outputs and FFN activations, per-token max at FFN activations
-HEADS = ("rotate_heads", "hadamard_down", "channel_scale_out", "act_absmax")
-
-
-# HEADS with clip-free dynamic thresholds instead of act_absmax: no site saturates (an outlier token gets a coarser
-# step, not a clipped channel)
+# per-head value rotation (free), online Hadamard at down_proj, per-channel factors at the norm outputs, and
+# clip-free dynamic thresholds: no site saturates (an outlier token gets a coarser step, not a clipped channel)
 CLIP_FREE = ("rotate_heads", "hadamard_down", "channel_scale_out", "clip_free")
 STATIC = ("rotate_heads", "hadamard_down")
+# CLIP_FREE with the attention sink kept float, at one per-token threshold per group of 32 channels (the K = 4 row)
+GROUP = 32
 
 
 def target_rows() -> list[ConversionConfig]:
@@ -73,6 +68,10 @@ def target_rows() -> list[ConversionConfig]:
         G(coverage=LI, divisor=8.0, phases=6, outliers=CLIP_FREE, compensation=True),
         G(coverage=LI, divisor=6.0, phases=6, outliers=CLIP_FREE, compensation=True),
         G(coverage=LI, divisor=4.0, phases=4, outliers=CLIP_FREE, compensation=True),
+        G(coverage=LI, divisor=4.0, phases=4, outliers=(*CLIP_FREE, "float_sink"), threshold_group=GROUP,
+          compensation=True),
+        G(coverage=LI, divisor=6.0, phases=4, outliers=(*CLIP_FREE, "float_sink"), threshold_group=GROUP,
+          compensation=True),
         # static: per-channel max over the calibration tokens / 255, so no channel saturates
         G(coverage=LI, divisor=255.0, phases=8, threshold="static", threshold_mode="max_abs", outliers=STATIC,
           compensation=True),
@@ -90,12 +89,26 @@ def clip_free_rows(quick: bool) -> list[ConversionConfig]:
 
 
 def pareto_rows(quick: bool) -> list[ConversionConfig]:
-    """K x divisor x outlier handling (graded, base-2, dynamic mean|v| / divisor)."""
-    grid = {4: (2.0, 3.0, 4.0), 6: (4.0, 6.0, 8.0), 8: (6.0, 8.0, 12.0)}
-    handling = ((), ROTATE, SCALED, HEADS, CLIP_FREE)
+    """K x divisor x outlier handling (graded, base-2, dynamic mean|v| / divisor, with compensation): none, the
+    clip-free handling, and the same with the sink token float and one threshold per group of 32 channels."""
+    grid = {4: (3.0, 4.0, 6.0), 6: (4.0, 6.0, 8.0), 8: (6.0, 8.0, 12.0)}
+    handling = (((), None), (CLIP_FREE, None), ((*CLIP_FREE, "float_sink"), GROUP))
     if quick:
-        grid, handling = {4: (3.0,), 6: (6.0,), 8: (8.0,)}, (SCALED, HEADS, CLIP_FREE)
-    return [G(coverage=LI, divisor=d, phases=k, outliers=h) for k, ds in grid.items() for d in ds for h in handling]
+        grid = {4: (4.0,), 6: (6.0,), 8: (8.0,)}
+    return [G(coverage=LI, divisor=d, phases=k, outliers=h, threshold_group=g, compensation=True)
+            for k, ds in grid.items() for d in ds for h, g in handling]
+
+
+def plain_pareto_rows(quick: bool) -> list[ConversionConfig]:
+    """K x divisor with only the strategies every family takes (``clip_free``, ``float_sink``; groups of 32 at K = 4):
+    the Pareto rows of a model the rotations do not cover (Gemma 3: norms on the block outputs)."""
+    cf, sink = ("clip_free",), ("clip_free", "float_sink")
+    rows = [(8, 8.0, cf, None), (8, 8.0, sink, None), (8, 12.0, sink, None), (6, 8.0, cf, None), (6, 8.0, sink, None),
+            (4, 4.0, cf, None), (4, 4.0, sink, GROUP), (4, 6.0, sink, GROUP)]
+    if quick:
+        rows = rows[1:2] + rows[-2:-1]
+    return [G(coverage=LI, divisor=d, phases=k, outliers=h, threshold_group=g, compensation=True)
+            for k, d, h, g in rows]
 
 
 def legacy_rows(quick: bool) -> list[ConversionConfig]:
@@ -145,7 +158,7 @@ def float_sink_rows(quick: bool) -> list[ConversionConfig]:
 
 
 ROW_GROUPS = {"targets": lambda quick: target_rows(), "clip_free": clip_free_rows, "float_sink": float_sink_rows,
-              "pareto": pareto_rows, "if": if_rows, "legacy": legacy_rows}
+              "pareto": pareto_rows, "plain_pareto": plain_pareto_rows, "if": if_rows, "legacy": legacy_rows}
 
 
 def select_rows(groups: list[str], quick: bool) -> list[ConversionConfig]:
@@ -260,6 +273,7 @@ def row_for(cfg, snn, result, ann_result, timing, bits, q_ratio, block_len: int)
         "activation_bits": bits,
         "activation_bits_bounded": cfg.activation_bits is not None,
         "threshold": cfg.threshold if cfg.threshold == "dynamic" else f"static-{cfg.threshold_granularity}",
+        "threshold_group": cfg.threshold_group,
         "divisor": cfg.divisor,
         "outliers": "+".join(cfg.outliers) or "none",
         "ppl_ratio": round(ppl_ratio, 5),
@@ -400,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
                                "block for an unbounded count (activation_bits_bounded false)",
             "threshold": "dynamic (per token: statistic / divisor, computed at run time and charged) or "
                          "static-channel / static-tensor (calibrated, no per-token reduction at run time)",
+            "threshold_group": "dynamic thresholds: channels sharing one per-token threshold (null: one per token); "
+                               "each consumer output then rescales C / group partial sums per token (charged as "
+                               "threshold_rescale)",
             "outliers": "outlier handling (hybridtune.conversion.outliers): rotate = residual-stream rotation "
                         "folded into the weights; hadamard_down = online Hadamard at down_proj (charged as adds); "
                         "channel_scale = calibrated per-channel factor in the threshold",
@@ -532,10 +549,15 @@ def markdown_table(rows: list[dict]) -> str:
         neuron = f"{r['neuron']}, softmax {softmax}" if "attention" in r["coverage"] else r["neuron"]
         t = r.get("time_ratio")
         lines.append(f"| {'+'.join(r['coverage'])} | {neuron} | {r['T']} | {r.get('threshold', '?')} | "
-                     f"{r.get('outliers', 'none')} | {_cells(r)} | {'-' if t is None else f'{t:.2f}'} |")
+                     f"{_handling(r)} | {_cells(r)} | {'-' if t is None else f'{t:.2f}'} |")
     block = {r.get("block_len") for r in rows}
     lines.append(f"\nEnergy ratios at block length {', '.join(str(b) for b in sorted(block, key=str))}.")
     return "\n".join(lines)
+
+
+def _handling(r: dict) -> str:
+    """The outlier handling of a row, with its threshold grouping (``+g32``) when it has one."""
+    return r["outliers"] + (f" +g{r['threshold_group']}" if r.get("threshold_group") else "")
 
 
 def pareto_table(rows: list[dict]) -> str:
@@ -544,14 +566,14 @@ def pareto_table(rows: list[dict]) -> str:
            and r.get("threshold") == "dynamic"]
     lines = ["| K | divisor | outliers | ppl ratio | spikes/neuron (base-2) | spikes/neuron (unary) | activation bits "
              "| energy FP32 | energy INT same width |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(pts, key=lambda r: (r["phases"], r["outliers"], r["spikes_per_neuron"])):
-        lines.append(f"| {r['phases']} | {r['divisor']:g} | {r['outliers']} | {_cells(r)} |")
+    for r in sorted(pts, key=lambda r: (r["phases"], _handling(r), r["spikes_per_neuron"])):
+        lines.append(f"| {r['phases']} | {r['divisor']:g} | {_handling(r)} | {_cells(r)} |")
     return "\n".join(lines)
 
 
-def plot_pareto(rows: list[dict], path: Path) -> Path:
-    """Perplexity ratio against spikes per neuron (base-2), one marker per K and outlier handling; the unbounded
-    count as a reference line."""
+def plot_pareto(rows: list[dict], path: Path, limit: float = 1.6) -> Path:
+    """Perplexity ratio against spikes per neuron (base-2), one line per K and outlier handling, rows above ``limit``
+    left off the chart (and named under it); the unbounded count as a reference line."""
     try:
         import matplotlib
 
@@ -560,21 +582,30 @@ def plot_pareto(rows: list[dict], path: Path) -> Path:
     except ImportError as exc:  # optional heavy part
         raise SystemExit("the Pareto plot needs matplotlib: pip install matplotlib") from exc
     li = [r for r in rows if r["coverage"] == list(LI) and r["T"] == 1 and r.get("threshold") == "dynamic"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (k, outl) in sorted({(r["phases"], r["outliers"]) for r in li if r.get("phases") is not None}):
-        pts = sorted((r["spikes_per_neuron"], r["ppl_ratio"]) for r in li if r["phases"] == k and r["outliers"] == outl)
-        ax.plot(*zip(*pts), marker="o", label=f"K = {k}, {outl}")
+    bounded = [r for r in li if r.get("phases") is not None]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    markers = {4: "v", 6: "s", 8: "o"}
+    for (k, outl) in sorted({(r["phases"], _handling(r)) for r in bounded}):
+        pts = sorted((r["spikes_per_neuron"], r["ppl_ratio"]) for r in bounded
+                     if r["phases"] == k and _handling(r) == outl and r["ppl_ratio"] <= limit)
+        if pts:
+            ax.plot(*zip(*pts), marker=markers.get(k, "o"), label=f"K = {k}: {outl}")
     for r in li:
         if r.get("phases") is None and r["outliers"] == "none" and r["divisor"] == 8.0:
             ax.axhline(r["ppl_ratio"], color="grey", linestyle="--", label="unbounded count, /8 (reference)")
+    off = sorted({(r["phases"], _handling(r)) for r in bounded if r["ppl_ratio"] > limit} -
+                 {(r["phases"], _handling(r)) for r in bounded if r["ppl_ratio"] <= limit})
+    if off:
+        worst = [r["ppl_ratio"] for r in bounded if (r["phases"], _handling(r)) in off]
+        ax.text(0.01, 0.99, f"off the chart (> {limit:g}x, {min(worst):.3g}x to {max(worst):.3g}x): "
+                + "; ".join(f"K = {k}, {h}" for k, h in off), transform=ax.transAxes, va="top", fontsize=7)
+    ax.set_ylim(top=limit)
     ax.set_xlabel("spikes per neuron (base-2)")
     ax.set_ylabel("perplexity ratio to the ANN")
-    ax.set_yscale("log")
-    ax.legend(fontsize=7)
-    ax.set_title(f"FFN act + all linear inputs, T = 1, block {li[0]['block_len'] if li else '?'}")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1)
+    ax.set_title(f"FFN act + all linear inputs, T = 1, block {li[0]['block_len'] if li else '?'}", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -138,8 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage1-lr", type=float, default=0.02)
     parser.add_argument("--stage2-steps", type=int, default=None, help="default 110; quick 2")
     parser.add_argument("--stage2-lr", type=float, default=2e-3)
-    parser.add_argument("--only", default=None, help="comma-separated replacements and/or settings to run "
-                                                     f"(of {', '.join(REPLACEMENTS)}; {', '.join(SETTINGS)})")
+    parser.add_argument("--only", default=None, help="comma-separated replacements, settings or setting/replacement "
+                                                     f"pairs to run (of {', '.join(REPLACEMENTS)}; "
+                                                     f"{', '.join(SETTINGS)}; e.g. norms_covered/relu_sum)")
+    parser.add_argument("--plot", default=None, metavar="PNG", help="also draw the recovery curves (perplexity ratio "
+                                                                   "against training tokens, one line per setting)")
+    parser.add_argument("--replot", action="store_true", help="only redraw --plot from the results file (--out)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="results JSON (default benchmarks/results/recovery.json; "
@@ -153,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     args.stage2_steps = args.stage2_steps if args.stage2_steps is not None else (2 if q else 110)
     budget = (args.stage1_steps + args.stage2_steps) * args.batch_size * args.block_size
     out = args.out or (None if q else str(Path(__file__).parent / "results" / "recovery.json"))
+    if args.replot:
+        if not (args.plot and out and Path(out).is_file()):
+            raise SystemExit("--replot needs --plot PNG and an existing results file (--out)")
+        print(f"wrote {plot_curves(json.loads(Path(out).read_text()), Path(args.plot))}")
+        return 0
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     started, load_start = time.time(), os.getloadavg()
@@ -168,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for setting, coverage in SETTINGS.items():
         for softmax in REPLACEMENTS:
-            if (wanted and not ({softmax, setting} & wanted)) or (q and not wanted and (setting, softmax) not in QUICK):
+            picked = {softmax, setting, f"{setting}/{softmax}"}
+            if (wanted and not (picked & wanted)) or (q and not wanted and (setting, softmax) not in QUICK):
                 continue
             row = run_setting(base, tokenizer, calib, data, ann, train, softmax, coverage, args)
             rows.append({"setting": setting, **row})
@@ -182,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         "training_data": {"corpora": list(DOMAINS), "split": "train", "block_size": args.block_size,
                           "blocks": int(train["input_ids"].shape[0])},
         "calibration": {"corpus": "python-docs", "split": "train", "tokens": int(calib.numel())},
-        "T": 1, "counting": "base2", "activation_bits": "unbounded count (as the default conversion)",
+        "T": 1, "counting": "base2", "phases": ConversionConfig().phases,
+        "activation_bits": ConversionConfig().activation_bits,
         "rows": rows,
         "definitions": {
             "ppl_ratio": "exp(mean nll spiking - mean nll ANN), pooled over every evaluated token of both domains; "
@@ -213,7 +224,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out}")
     else:
         print(json.dumps(results, indent=1))
+    if args.plot:
+        print(f"wrote {plot_curves(results, Path(args.plot))}")
     return 0
+
+
+def plot_curves(results: dict, path: Path) -> Path:
+    """Perplexity ratio to the ANN against training tokens (before, after stage 1, after stage 2), one line per
+    replacement and setting."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # optional heavy part
+        raise SystemExit("the recovery plot needs matplotlib: pip install matplotlib") from exc
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for row in results["rows"]:
+        xs = [0, row["stage1"]["tokens"], row["tokens_total"]]
+        ys = [row[k]["ppl_ratio"] for k in ("before", "after_stage1", "after_stage2")]
+        ax.plot(xs, ys, marker="o", label=f"{row['softmax']}, {row['setting'].replace('_', ' ')}")
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_yscale("log")
+    ax.set_xlabel("training tokens (stage 1: attention transfer, then stage 2: adapters)")
+    ax.set_ylabel("perplexity / ANN perplexity")
+    ax.set_title(f"softmax replaced, T = 1, K = {results.get('phases')}; eval 2 x {results['data'][DOMAINS[0]]['tokens']}"
+                 " tokens", fontsize=9)
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _write(out: str, results: dict) -> None:

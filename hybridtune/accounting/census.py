@@ -38,7 +38,14 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from ..neurons import ChannelScaledThreshold, ClipFreeThreshold, DynamicThreshold, SpikeStats, SpikingLinear
+from ..neurons import (
+    PER_TOKEN_THRESHOLDS,
+    ChannelScaledThreshold,
+    ClipFreeThreshold,
+    GroupedThreshold,
+    SpikeStats,
+    SpikingLinear,
+)
 from .stats import count_spikes
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)(?:\.|$)")
@@ -218,13 +225,14 @@ class _Hooks:
                 add(layer, "norm", ann_mac=mac, ann_ac=ac)
             return norm, False
         if hasattr(module, "threshold") and hasattr(module, "stats"):
-            dynamic = isinstance(module.threshold, (DynamicThreshold, ChannelScaledThreshold, ClipFreeThreshold))
+            dynamic = isinstance(module.threshold, PER_TOKEN_THRESHOLDS)
             first_float = getattr(module, "first_token", None) is not None
             if not dynamic and not first_float:
                 return None  # static: theta folds into the consumer weights; the comparison is the neuron's firing
             weighted = isinstance(module.threshold, ChannelScaledThreshold)
             inner = module.threshold.inner if weighted else module.threshold
-            floored = isinstance(inner, ClipFreeThreshold)
+            grouped = inner if isinstance(inner, GroupedThreshold) else None
+            floored = isinstance(grouped.inner if grouped else inner, ClipFreeThreshold)
 
             def threshold(mod, args, out):
                 v = args[0]
@@ -244,7 +252,9 @@ class _Hooks:
                 if floored:  # the per-token max|v| that keeps the count from saturating: a comparison per element
                     add(layer, "threshold_stats", snn_ac=e)
                 add(layer, "threshold_divide_round", snn_mac=e, snn_ac=e)
-                add(layer, "threshold_rescale", snn_mac=(_tokens(v, width) - floats) * max(1, mod.fan_out))
+                # a consumer output rescales one partial sum per threshold: per token, or per group of channels
+                groups = grouped.groups(width) if grouped else 1
+                add(layer, "threshold_rescale", snn_mac=(_tokens(v, width) - floats) * max(1, mod.fan_out) * groups)
             return threshold, False
         if hasattr(module, "adds_per_vector") and hasattr(module, "n"):
             def online_transform(mod, args, out):  # an online Hadamard transform: additions only

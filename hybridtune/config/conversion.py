@@ -82,6 +82,10 @@ class ConversionConfig:
             (the default): ``("clip_free",)`` for a bounded graded code with dynamic thresholds, else () (resolved
             once, so a saved config says what ran).
         threshold_granularity: static thresholds per ``"channel"`` (``[C]``) or per ``"tensor"`` (one scalar).
+        threshold_group: dynamic thresholds: channels that share one per-token threshold (e.g. 32: one threshold per
+            token per group of 32 adjacent channels; it must divide every encoded width). None: one per token. Finer
+            than per token where channels differ in scale, and charged: each consumer output rescales ``C / group``
+            partial sums per token in float. Norm-as-threshold sites and spiking attention keep one per token.
         compensation: fold the calibrated mean residual ``E[v - q theta]`` into the next layer's bias where it
             is foldable (linear consumers; not the SwiGLU product). Needs calibration data.
         softmax: with ``attention``: ``"keep"`` (float softmax), ``"nrelu"`` (``relu(s) / sum relu(s)``),
@@ -110,6 +114,7 @@ class ConversionConfig:
     phases: int | None | Literal["auto"] = "auto"
     outliers: tuple[str, ...] | Literal["auto"] = "auto"
     threshold_granularity: Literal["channel", "tensor"] = "channel"
+    threshold_group: int | None = None
     compensation: bool = True
     softmax: Literal["keep", "nrelu", "spike", "relu_count", "relu_sum", "sigmoid"] = "keep"
     norms: Literal["keep", "threshold"] = "threshold"
@@ -177,6 +182,14 @@ class ConversionConfig:
                 raise _fail("phases", f"phases={self.phases} sets the cap to {(1 << self.phases) - 1}; "
                                       f"max_spikes={self.max_spikes} contradicts it (give one of the two)")
         _choice(self.threshold_granularity, GRANULARITIES, "threshold_granularity")
+        if self.threshold_group is not None:
+            if not isinstance(self.threshold_group, int) or isinstance(self.threshold_group, bool) \
+                    or self.threshold_group < 1:
+                raise _fail("threshold_group", f"got {self.threshold_group!r}; must be an integer >= 1 (channels per "
+                                               "per-token threshold) or null (one per token)")
+            if self.threshold != "dynamic":
+                raise _fail("threshold_group", "groups share a per-token threshold; static thresholds are already "
+                                               "per channel: use threshold: dynamic or leave threshold_group null")
         # strategy names are checked where they are looked up (convert(); `hybridtune validate` before any work)
         if len(set(self.outliers)) != len(self.outliers):
             raise _fail("outliers", f"{list(self.outliers)} lists a strategy twice")
@@ -226,7 +239,9 @@ class ConversionConfig:
             cap = f" cap{self.max_spikes}" if self.max_spikes is not None else ""
         tensor = " per-tensor" if self.threshold == "static" and self.threshold_granularity == "tensor" else ""
         outl = f" [{'+'.join(self.outliers)}]" if self.outliers else ""
-        return (f"graded-{self.counting} {self.threshold}{tensor} {self.threshold_mode}/{self.divisor:g}{cap}{comp}"
+        group = f" g{self.threshold_group}" if self.threshold_group else ""
+        return (f"graded-{self.counting} {self.threshold}{tensor}{group} {self.threshold_mode}/{self.divisor:g}{cap}"
+                f"{comp}"
                 f"{outl}")
 
     def to_dict(self) -> dict[str, Any]:

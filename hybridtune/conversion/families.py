@@ -74,10 +74,9 @@ class Llama4Recipe(DecoderRecipe):
         cov = set(config.coverage)
         for path in plan.moe:
             moe = get_module(model, path)
-            act = make_encoder(config.with_(threshold="dynamic", threshold_mode="mean_abs")) \
-                if "ffn_act" in cov else None
-            down = make_encoder(config.with_(threshold="dynamic", threshold_mode="mean_abs")) \
-                if "linear_inputs" in cov else None
+            dynamic = config.with_(threshold="dynamic", threshold_mode="mean_abs")
+            act = make_encoder(dynamic, group=config.threshold_group) if "ffn_act" in cov else None
+            down = make_encoder(dynamic, group=config.threshold_group) if "linear_inputs" in cov else None
             spiking = SpikingMoE(moe, act, down)
             # with linear_inputs the experts' gate_up consumes the encoded norm output (census: SOPs)
             spiking.hybridtune_spike_input = "linear_inputs" in cov

@@ -23,6 +23,7 @@ from hybridtune.neurons import (
     DynamicThreshold,
     FirstTokenSwitch,
     GradedNeuron,
+    GroupedThreshold,
     RateCodedIF,
     StaticThreshold,
 )
@@ -34,13 +35,15 @@ ELEMENTWISE_PRODUCT = "hybridtune_glu_spiking"  # set on an FFN whose gate produ
 
 def make_encoder(config: ConversionConfig, theta: Tensor | None = None, *, mode: str | None = None,
                  divisor: float | None = None, scale: Tensor | None = None, clip_free: bool = False,
-                 first_token: bool = False) -> nn.Module:
+                 first_token: bool = False, group: int | None = None) -> nn.Module:
     """The encoder a site gets: a graded neuron (T = 1, K phases when ``config.phases``) or a rate-coded IF neuron.
 
     ``theta`` (``[C]`` or a scalar) gives a static threshold; None gives a dynamic per-token one with ``mode`` /
     ``divisor`` (defaults from the config), never saturating the bounded count when ``clip_free`` (the
-    ``clip_free`` outlier strategy), scaled per channel by ``scale`` (``[C]``) when given. ``first_token``: the first
-    token of a fresh sequence passes through in float (the ``float_sink`` strategy switches it per call).
+    ``clip_free`` outlier strategy), one per ``group`` adjacent channels when given (``conversion.threshold_group``;
+    the caller decides where channels are grouped), scaled per channel by ``scale`` (``[C]``) when given.
+    ``first_token``: the first token of a fresh sequence passes through in float (the ``float_sink`` strategy
+    switches it per call).
 
     Example:
         >>> make_encoder(ConversionConfig(counting="base2")).counting
@@ -53,6 +56,8 @@ def make_encoder(config: ConversionConfig, theta: Tensor | None = None, *, mode:
         strategy = DynamicThreshold(mode, divisor if divisor is not None else config.divisor)
         if clip_free and config.cap is not None:
             strategy = ClipFreeThreshold(strategy, config.cap)  # inside the channel scale: it sees v / s
+        if group is not None:
+            strategy = GroupedThreshold(strategy, group)  # per group: the mean and the clip-free floor
         if scale is not None:
             strategy = ChannelScaledThreshold(strategy, scale)
     if config.neuron == "if":

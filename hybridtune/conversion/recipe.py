@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
+from hybridtune.config_schema import ConfigError
 from hybridtune.conversion.attention import SpikingAttention, heads_of, normalisation, register_attention
 from hybridtune.conversion.calibration import residuals, static_thresholds
 from hybridtune.conversion.config import ConversionConfig
@@ -86,6 +87,7 @@ class DecoderRecipe:
         if "linear_inputs" in cov:
             self.add_norm_site(model, plan, config, self.layout.final_norm, (self.layout.lm_head,))
         self.apply_skip(plan, config)
+        check_groups(plan, config)
         plan.float_notes.extend(self.float_notes(config, plan))
         return plan
 
@@ -217,7 +219,8 @@ class DecoderRecipe:
                 hook = getattr(get_outliers(name), "encoder_overrides", None)
                 if hook is not None:
                     overrides.update(hook(site, config, self.layout))
-            enc = make_encoder(config, theta if config.threshold == "static" else None, scale=scale, **overrides)
+            enc = make_encoder(config, theta if config.threshold == "static" else None, scale=scale,
+                               group=config.threshold_group, **overrides)
         enc.fan_out = site.fan_out
         return enc
 
@@ -270,6 +273,20 @@ class DecoderRecipe:
     def finalize(self, model: nn.Module, plan: Plan, config: ConversionConfig) -> None:
         model.requires_grad_(False)
         model.eval()
+
+
+def check_groups(plan: Plan, config: ConversionConfig) -> None:
+    """``conversion.threshold_group`` must divide the width of every grouped site (all but norm-as-threshold ones):
+    said before any work, naming the sites."""
+    group = config.threshold_group
+    if group is None:
+        return
+    bad = sorted({f"{s.name} ({s.channels})" for s in plan.sites
+                  if s.kind != "threshold_norm" and s.channels and s.channels % group})
+    if bad:
+        raise ConfigError(f"threshold_group={group} does not divide the channels of {len(bad)} site(s): "
+                          f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}; use a divisor of every width, or "
+                          "null (one threshold per token)", "conversion.threshold_group")
 
 
 _RECIPES: dict[str, Any] = {}

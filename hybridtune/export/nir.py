@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from hybridtune._version import __version__
-from hybridtune.neurons import ChannelScaledThreshold, ClipFreeThreshold, DynamicThreshold
+from hybridtune.neurons import PER_TOKEN_THRESHOLDS
 
 # what a decoder block computes that NIR has no node for (always left out)
 BLOCK_LEFT_OUT = (
@@ -58,7 +58,6 @@ OUTPUT_ENCODER = "hybridtune_encoder"  # the child conversion attaches to a modu
 
 INSTALL_HINT = "NIR export needs the nir package: pip install 'hybridtune[nir]' (or pip install nir)"
 
-PER_TOKEN_THRESHOLDS = (DynamicThreshold, ClipFreeThreshold, ChannelScaledThreshold)  # theta follows each token
 
 
 def _nir():

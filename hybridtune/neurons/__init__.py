@@ -39,10 +39,12 @@ from .stateful import StatefulNeuron, reset_state
 from .stats import SpikeStats, recomputing, record_spikes
 from .surrogates import Surrogate, available_surrogates, get_surrogate, register_surrogate
 from .thresholds import (
+    PER_TOKEN_THRESHOLDS,
     ChannelCalibrator,
     ChannelScaledThreshold,
     ClipFreeThreshold,
     DynamicThreshold,
+    GroupedThreshold,
     StaticThreshold,
     ThresholdStrategy,
     calibrate_static_threshold,
@@ -56,8 +58,10 @@ __all__ = [
     "DynamicThreshold",
     "FirstTokenSwitch",
     "GradedNeuron",
+    "GroupedThreshold",
     "IFNeuron",
     "LIFNeuron",
+    "PER_TOKEN_THRESHOLDS",
     "RateCodedIF",
     "SpikeStats",
     "SpikingLinear",
