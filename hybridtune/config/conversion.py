@@ -241,8 +241,7 @@ class ConversionConfig:
         outl = f" [{'+'.join(self.outliers)}]" if self.outliers else ""
         group = f" g{self.threshold_group}" if self.threshold_group else ""
         return (f"graded-{self.counting} {self.threshold}{tensor}{group} {self.threshold_mode}/{self.divisor:g}{cap}"
-                f"{comp}"
-                f"{outl}")
+                f"{comp}{outl}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -59,7 +59,6 @@ OUTPUT_ENCODER = "hybridtune_encoder"  # the child conversion attaches to a modu
 INSTALL_HINT = "NIR export needs the nir package: pip install 'hybridtune[nir]' (or pip install nir)"
 
 
-
 def _nir():
     try:
         import nir
