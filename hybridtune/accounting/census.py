@@ -2,7 +2,8 @@
 
 Forward hooks count, per layer and per named op, the ANN's MACs / adds and the spiking model's remaining float
 MACs / adds; ops whose input is spikes are marked *spike-driven* (their work is the SOPs the encoders count).
-Modules are recognised by type, by the :class:`CountsOwnOps` protocol (the conversion's own modules -- a norm
+Modules are recognised by type, by their structure (:mod:`hybridtune.module_kinds`: norms, GPT-2's ``Conv1D``,
+fused MoE experts and their router block, attention blocks), by the :class:`CountsOwnOps` protocol (the conversion's own modules -- a norm
 realised as threshold adaptation, the spiking MoE -- say what a forward computes) and by the duck-typed markers
 conversion sets (``hybridtune_spike_input``, a ``hybridtune_encoder`` child on an activation whose output is encoded,
 ``hybridtune_attention`` on attention modules), so this floor imports nothing from ``conversion``.
@@ -38,6 +39,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from ..module_kinds import NORM_KINDS, is_attention, is_fused_experts, is_moe_block, linear_dims, norm_kind
 from ..neurons import (
     PER_TOKEN_THRESHOLDS,
     ChannelScaledThreshold,
@@ -136,14 +138,6 @@ def _is_spike_input(module: nn.Module) -> bool:
     return isinstance(module, SpikingLinear) and module.encoder is not None
 
 
-def _linear_dims(module: nn.Module) -> tuple[int, int] | None:
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
-        return int(module.weight.shape[0]), int(module.nf)
-    return None
-
-
 def _has_bias(module: nn.Module) -> bool:
     if getattr(module, "bias", None) is not None:
         return True
@@ -165,11 +159,13 @@ def _glu_encoder(module: nn.Module) -> nn.Module | None:
     return None if act is None else act._modules.get("hybridtune_encoder")
 
 
-def norm_cost(type_name: str, elements: int) -> tuple[float, float]:
-    """(MACs, adds) of the norm class ``type_name`` over ``elements`` values (see the module's conventions)."""
-    if "LayerNorm" in type_name:
+def norm_cost(kind: str, elements: int) -> tuple[float, float]:
+    """(MACs, adds) of a norm of ``kind`` (:func:`hybridtune.module_kinds.norm_kind`) over ``elements`` values."""
+    if kind not in NORM_KINDS:
+        raise ValueError(f"unknown norm kind {kind!r}; valid: {', '.join(NORM_KINDS)}")
+    if kind == "layer":
         return 3.0 * elements, 1.0 * elements
-    if "L2Norm" in type_name:
+    if kind == "l2":
         return 2.0 * elements, 0.0
     return 3.0 * elements, 0.0
 
@@ -204,14 +200,13 @@ class _Hooks:
 
     def hook_for(self, name: str, module: nn.Module):  # noqa: C901 - one dispatch table
         layer, add = layer_of(name), self.census.add
-        tname = type(module).__name__
         if isinstance(module, CountsOwnOps):
             def own(mod, args, out):
                 mod.census_ops(args, out, lambda op, **counts: add(layer, op, **counts))
             return own, False
         if name in self.counted_inside:
             return None
-        dims = _linear_dims(module)
+        dims = linear_dims(module)
         if dims is not None:
             def linear(mod, args, out, dims=dims):
                 n = _tokens(args[0], dims[0])
@@ -219,9 +214,10 @@ class _Hooks:
                 if _has_bias(mod):
                     add(layer, "bias_add", ann_ac=n * dims[1])
             return linear, False
-        if "Norm" in tname and all(n == "hybridtune_encoder" for n, _ in module.named_children()):
+        kind = norm_kind(module)
+        if kind is not None:
             def norm(mod, args, out):
-                mac, ac = norm_cost(tname, args[0].numel())
+                mac, ac = norm_cost(kind, args[0].numel())
                 add(layer, "norm", ann_mac=mac, ann_ac=ac)
             return norm, False
         if hasattr(module, "threshold") and hasattr(module, "stats"):
@@ -264,7 +260,7 @@ class _Hooks:
             def act(mod, args, out):
                 add(layer, "activation", ann_mac=out.numel())
             return act, False
-        if tname == "Llama4TextExperts":
+        if is_fused_experts(module):
             def experts(mod, args, out):
                 rows = _tokens(args[0], mod.hidden_size)
                 i2 = mod.gate_up_proj.shape[-1]
@@ -272,7 +268,7 @@ class _Hooks:
                 add(layer, "linear:experts_down", ann_mac=rows * (i2 // 2) * mod.hidden_size)
                 add(layer, "glu_product", ann_mac=rows * (i2 // 2))
             return experts, False
-        if tname == "Llama4TextMoe":
+        if is_moe_block(module):
             def routing(mod, args, out):
                 add(layer, "moe_routing", ann_mac=_tokens(args[0], mod.hidden_dim) * mod.num_experts * mod.hidden_dim)
             return routing, False
@@ -288,7 +284,7 @@ class _Hooks:
                 if h is not None:
                     add(layer, "residual_add", ann_ac=2.0 * h.numel())
             return residual, True
-        if tname.endswith("Attention") and (hasattr(module, "q_proj") or hasattr(module, "c_attn")):
+        if is_attention(module):
             return self.attention_hook(layer, module), True
         return None
 
@@ -321,7 +317,7 @@ class _Hooks:
         """
         layer, add = layer_of(name), self.census.add
         base = module.get_base_layer()
-        dims = _linear_dims(base)
+        dims = linear_dims(base)
         own = getattr(base, "encoder", None)
         own = own if own is not None and "stats" in vars(own) else None
 

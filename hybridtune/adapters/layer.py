@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from hybridtune import ops
 from hybridtune.conversion.modules import input_transform
+from hybridtune.module_kinds import is_conv1d
 from hybridtune.neurons.stats import recomputing as _engine_recomputing
 from hybridtune.neurons.stats import record_spikes
 from hybridtune.ops.reference import as_dtype
@@ -71,9 +72,6 @@ class InputPerturbation(Protocol):
 
     def base_correction(self, weight: Tensor) -> Tensor: ...
 
-
-def _is_conv1d(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
 class SpikingLoraLinear(LoraLinear):
@@ -134,7 +132,7 @@ class SpikingLoraLinear(LoraLinear):
     # -- forward -----------------------------------------------------------------------------------------------
     def _base_linear(self) -> tuple[nn.Module, Tensor, Tensor | None]:
         base = self.get_base_layer()
-        if _is_conv1d(base):
+        if is_conv1d(base):
             return base, base.weight.t(), base.bias  # Conv1D keeps weight [in, out]; the view is free
         bias = base.bias_total() if hasattr(base, "bias_total") else base.bias
         return base, base.weight, bias

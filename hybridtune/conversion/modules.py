@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from hybridtune.accounting import norm_cost
 from hybridtune.conversion.config import ConversionConfig
+from hybridtune.module_kinds import norm_gain_offset, norm_kind
 from hybridtune.neurons import (
     ChannelScaledThreshold,
     ClipFreeThreshold,
@@ -141,8 +142,9 @@ def norm_affine(norm: nn.Module) -> tuple[Tensor | None, Tensor | None, bool, fl
     weight = getattr(norm, "weight", None)
     if weight is None:
         return None, None, False, eps
-    if type(norm).__name__.startswith("Gemma"):  # Gemma RMSNorms scale by (1 + weight)
-        return 1.0 + weight.detach(), None, False, eps
+    offset = norm_gain_offset(norm)  # Gemma RMSNorms scale by (1 + weight)
+    if offset:
+        return offset + weight.detach(), None, False, eps
     return weight, None, False, eps
 
 
@@ -177,7 +179,11 @@ class ThresholdNorm(nn.Module):
         self.centred = centred
         self.eps = eps
         self.norm_type = type(norm).__name__
-        self.gain_offset = 1.0 if self.norm_type.startswith("Gemma") else 0.0  # Gemma scales by (1 + weight)
+        self.norm_kind = norm_kind(norm)
+        if self.norm_kind is None:
+            raise ValueError(f"ThresholdNorm: {self.norm_type} is not a norm this package recognises (a leaf with an "
+                             f"eps and only 1-D weight / bias; see hybridtune.module_kinds.norm_kind)")
+        self.gain_offset = norm_gain_offset(norm)  # Gemma scales by (1 + weight)
         self.weight = getattr(norm, "weight", None)
         self.bias = getattr(norm, "bias", None)
 
@@ -199,7 +205,7 @@ class ThresholdNorm(nn.Module):
         """What the accounting census counts (``hybridtune.accounting.CountsOwnOps``): the norm the ANN computes;
         the spiking side still computes the per-token rms (and mean) that adapts the threshold."""
         e = args[0].numel()
-        ann_mac, ann_ac = norm_cost(self.norm_type, e)
+        ann_mac, ann_ac = norm_cost(self.norm_kind, e)
         add("norm", ann_mac=ann_mac, ann_ac=ann_ac, snn_mac=e, snn_ac=e if self.centred else 0.0)
 
     def extra_repr(self) -> str:

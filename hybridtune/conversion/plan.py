@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from torch import Tensor, nn
 
 from hybridtune.conversion.modules import attach_input_transform, input_transform, mark_spike_input
+from hybridtune.module_kinds import linear_dims
 from hybridtune.neurons import SpikingLinear
 
 SITE_KINDS = ("output", "input", "threshold_norm")
@@ -95,18 +96,16 @@ def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
 
 def out_features(module: nn.Module) -> int:
     """Outputs of a linear-like module (``nn.Linear`` or transformers' ``Conv1D``)."""
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    if type(module).__name__ == "Conv1D":
-        return int(module.nf)
+    dims = linear_dims(module)
+    if dims is not None:
+        return dims[1]
     raise TypeError(f"{type(module).__name__} is not a linear layer (nn.Linear or Conv1D)")
 
 
 def in_features(module: nn.Module) -> int:
-    if isinstance(module, nn.Linear):
-        return module.in_features
-    if type(module).__name__ == "Conv1D":
-        return int(module.weight.shape[0])
+    dims = linear_dims(module)
+    if dims is not None:
+        return dims[0]
     raise TypeError(f"{type(module).__name__} is not a linear layer (nn.Linear or Conv1D)")
 
 

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from hybridtune._version import __version__
+from hybridtune.module_kinds import is_conv1d, is_linear_like
 from hybridtune.neurons import PER_TOKEN_THRESHOLDS
 
 # what a decoder block computes that NIR has no node for (always left out)
@@ -148,7 +149,7 @@ def export_linear(module: nn.Module, name: str) -> LayerExport:
     out = LayerExport()
     lora = hasattr(module, "lora_A") and hasattr(module, "get_base_layer")
     base = module.get_base_layer() if lora else module
-    if type(base).__name__ == "Conv1D":
+    if is_conv1d(base):
         weight, bias = base.weight.t(), base.bias
     else:
         weight = base.weight
@@ -188,7 +189,7 @@ def export_linear(module: nn.Module, name: str) -> LayerExport:
 
 
 def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D" or (
+    return is_linear_like(module) or (
         hasattr(module, "lora_A") and hasattr(module, "get_base_layer"))
 
 

@@ -17,12 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hybridtune.module_kinds import is_conv1d
+
 from .functional import fold_compensation
-
-
-def _is_conv1d(module: nn.Module) -> bool:
-    # transformers' GPT-2 Conv1D (weight [in, out]); matched by name so this floor needs no transformers import.
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "weight")
 
 
 class SpikingLinear(nn.Linear):
@@ -76,7 +73,7 @@ class SpikingLinear(nn.Linear):
             >>> torch.allclose(SpikingLinear.from_linear(conv)(x), conv(x), atol=1e-6)
             True
         """
-        if _is_conv1d(linear):
+        if is_conv1d(linear):
             weight = nn.Parameter(linear.weight.detach().t().contiguous(), requires_grad=False)
             bias = linear.bias
             bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from hybridtune.module_kinds import is_conv1d, norm_gain_offset
+
 
 def _set(module: nn.Module, name: str, value: Tensor) -> None:
     old = getattr(module, name)
@@ -33,14 +35,10 @@ def _weight64(module: nn.Module) -> Tensor:
     return module.weight.detach().to(torch.float64)
 
 
-def _is_conv1d(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D"  # transformers' GPT-2 layer: weight [in, out], y = x W + b
-
-
 def rotate_reader(linear: nn.Module, r: Tensor) -> None:
     """``W <- W R`` (GPT-2 ``Conv1D``: ``W <- R^T W``): the layer now reads ``x R`` and computes what it did on x."""
     r = r.to(torch.float64).to(linear.weight.device)
-    _set(linear, "weight", r.T @ _weight64(linear) if _is_conv1d(linear) else _weight64(linear) @ r)
+    _set(linear, "weight", r.T @ _weight64(linear) if is_conv1d(linear) else _weight64(linear) @ r)
 
 
 def rotate_writer(linear: nn.Module, r: Tensor) -> None:
@@ -88,10 +86,9 @@ def unit_norm_gain(norm: nn.Module) -> Tensor | None:
     weight = getattr(norm, "weight", None)
     if weight is None:
         return None
-    gemma = type(norm).__name__.startswith("Gemma")
-    gain = weight.detach().to(torch.float64) + (1.0 if gemma else 0.0)
-    norm.weight = nn.Parameter(torch.zeros_like(weight) if gemma else torch.ones_like(weight),
-                               requires_grad=weight.requires_grad)
+    offset = norm_gain_offset(norm)
+    gain = weight.detach().to(torch.float64) + offset
+    norm.weight = nn.Parameter(torch.full_like(weight, 1.0 - offset), requires_grad=weight.requires_grad)
     return gain
 
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from hybridtune.conversion.modules import attach_input_transform, input_transform
 from hybridtune.conversion.outliers.folding import rotate_reader
 from hybridtune.conversion.outliers.hadamard import apply_hadamard, hadamard, hadamard_adds
+from hybridtune.module_kinds import is_conv1d
 
 
 class OnlineHadamard(nn.Module):
@@ -43,6 +44,6 @@ __all__ = ["OnlineHadamard", "attach_hadamard_input", "attach_input_transform", 
 
 def attach_hadamard_input(linear: nn.Module) -> None:
     """Fold ``H / n`` into ``linear``'s weight and transform its input by ``H`` online (exact in float)."""
-    n = linear.weight.shape[0 if type(linear).__name__ == "Conv1D" else 1]
+    n = linear.weight.shape[0 if is_conv1d(linear) else 1]
     rotate_reader(linear, hadamard(n) / n)
     attach_input_transform(linear, OnlineHadamard(n))

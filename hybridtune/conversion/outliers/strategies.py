@@ -53,6 +53,7 @@ from hybridtune.conversion.outliers.hadamard import random_hadamard
 from hybridtune.conversion.outliers.online import attach_hadamard_input
 from hybridtune.conversion.outliers.sink import FloatSink
 from hybridtune.conversion.plan import Plan, get_module
+from hybridtune.module_kinds import is_fused_experts, is_linear_like, is_moe_block, norm_gain_offset, norm_kind
 
 StrategyState = dict[str, dict[str, Tensor]]  # site -> {kind: tensor}, merged into the calibration state
 
@@ -102,15 +103,14 @@ class ResidualRotation:
     def check(self, model: nn.Module, layout: Any) -> None:
         """Refuse families where the rotation would not be exact (centred norms, norms on block outputs, MoE)."""
         for name, module in model.named_modules():
-            tname = type(module).__name__
-            if isinstance(module, nn.LayerNorm) or "LayerNorm" == tname:
+            if norm_kind(module) == "layer":
                 raise ValueError(f"conversion.outliers: 'rotate' needs RMSNorm (LayerNorm's mean subtraction does "
                                  f"not commute with a rotation: {name}); use 'hadamard_inputs' for this family")
             if name.endswith(("post_attention_layernorm", "post_feedforward_layernorm")) and \
                     layout.mlp_norm != "post_attention_layernorm":
                 raise ValueError(f"conversion.outliers: 'rotate' cannot fold through a norm on a block output "
                                  f"({name}); use 'hadamard_inputs' for this family")
-            if tname.endswith("Moe") or tname.endswith("MoE"):
+            if is_moe_block(module) or is_fused_experts(module):
                 raise ValueError(f"conversion.outliers: 'rotate' does not rotate MoE experts ({name}); use "
                                  "'hadamard_inputs' for this family")
 
@@ -182,7 +182,7 @@ class OnlineHadamardInputs:
                         linear = model.get_submodule(path)
                     except AttributeError:
                         continue  # e.g. a MoE layer has no dense down_proj there
-                    if isinstance(linear, nn.Linear) or type(linear).__name__ == "Conv1D":
+                    if is_linear_like(linear):
                         attach_hadamard_input(linear)
 
     def float_notes(self) -> list[str]:
@@ -356,7 +356,7 @@ class Smoothing:
                 for c in site.consumers:
                     scale_reader_columns(get_module(model, c), g.cpu() * s.double())
                 # the norm now outputs x / s: its gain becomes 1 / s (Gemma: 1 / s - 1)
-                offset = 1.0 if type(norm).__name__.startswith("Gemma") else 0.0
+                offset = norm_gain_offset(norm)
                 norm.weight = nn.Parameter((1.0 / s.double() - offset).to(norm.weight.dtype).to(norm.weight.device),
                                            requires_grad=False)
 
@@ -366,7 +366,7 @@ class Smoothing:
 
 def _is_norm(model: nn.Module, path: str) -> bool:
     module = get_module(model, path)
-    return "Norm" in type(module).__name__ and getattr(module, "weight", None) is not None
+    return norm_kind(module) is not None and getattr(module, "weight", None) is not None
 
 
 _STRATEGIES: dict[str, Callable[[], OutlierStrategy]] = {}

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from hybridtune.files import atomic_write, load_safetensors
 from hybridtune.learners.plasticity.targets import FactorTarget
+from hybridtune.module_kinds import is_conv1d
 
 __all__ = ["FeedbackPath", "FEEDBACK_PATHS", "FEEDBACK_FILE", "register_feedback_path", "feedback_path", "ResidualPath",
            "OneHopPath", "RandomPath"]
@@ -164,7 +165,7 @@ def _weight(module: nn.Module) -> Tensor:
     """A linear-like module's frozen weight as ``[out, in]`` (peft wrapper, ``SpikingLinear``, GPT-2 ``Conv1D``)."""
     base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
     weight = base.weight
-    return (weight.t() if type(base).__name__ == "Conv1D" else weight).detach()
+    return (weight.t() if is_conv1d(base) else weight).detach()
 
 
 class _Outputs:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from hybridtune.module_kinds import is_conv1d
+
 __all__ = ["FactorTarget", "find_targets", "ROLES"]
 
 ROLES = ("A", "B", "threshold", "decay")
@@ -80,7 +82,7 @@ class FactorTarget:
         # an FSDP2-sharded base (trainer.sharding: fsdp) holds 1 / N of the weight: gather it (every rank observes
         # the same targets in the same order, so the gathers pair up)
         weight, bias = (t.full_tensor() if hasattr(t, "full_tensor") else t for t in (weight, bias))
-        weight = weight.t() if type(base).__name__ == "Conv1D" else weight
+        weight = weight.t() if is_conv1d(base) else weight
         return weight.detach(), (bias.detach() if bias is not None else None)
 
 
