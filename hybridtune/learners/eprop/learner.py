@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from hybridtune.learners.eprop.depth import count_blocks, depth_weights
 from hybridtune.learners.eprop.feedback import FeedbackPath, feedback_path
 from hybridtune.learners.eprop.rule import eprop_factor_grads
-from hybridtune.learners.eprop.top import TopCapture, top_error
+from hybridtune.learners.eprop.top import TopCapture, linear_head_weight, top_error
 from hybridtune.learners.plasticity.targets import FactorTarget, find_targets
 from hybridtune.learners.protocol import Observation, OwnsParameters, ParamSpec, SetupContext, mean_across_ranks
 from hybridtune.learners.surrogate import build_scheduler, resolve_optimizer
@@ -188,7 +188,9 @@ class EpropLearner(OwnsParameters):
         pattern = "^(" + "|".join(re.escape(layer) for layer in sorted({t.layer for t in learning})) + ")$"
         needs_inputs = any(r in t.roles for t in learning for r in ("A", "threshold", "decay"))
         recorder = SpikeRecorder(model, layers=pattern, inputs=needs_inputs, membrane=False, outputs=False)
-        return EpropRecording(recorder, TopCapture(model), self.feedback.capture(model))
+        # the forward's logits are kept only where the error can be taken from them (a plain linear head)
+        top = TopCapture(model, keep_logits=linear_head_weight(model) is not None)
+        return EpropRecording(recorder, top, self.feedback.capture(model))
 
     def observe(self, obs: Observation) -> None:
         if not isinstance(obs.recording, EpropRecording):
@@ -197,7 +199,8 @@ class EpropLearner(OwnsParameters):
         start = time.perf_counter()
         rec = obs.recording
         records = rec.recorder.pop()
-        g, n_targets = top_error(self.model, rec.top.pop(), obs.batch["labels"], self.top_chunk)
+        hidden, logits = rec.top.pop()
+        g, n_targets = top_error(self.model, hidden, obs.batch["labels"], self.top_chunk, logits)
         begin = getattr(self.feedback, "begin_batch", None)
         if begin is not None:
             begin()

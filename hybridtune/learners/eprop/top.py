@@ -1,9 +1,11 @@
 """The error at the top of the residual stream: one backward through the final norm and ``lm_head`` only.
 
 While :class:`TopCapture` is attached, a forward hook on the model's final norm keeps its input ``h [B, L, D]`` (the
-residual stream after the last block; detached, no graph of the frozen blocks). :func:`top_error` then rebuilds
-``logits = lm_head(norm(h))`` from that copy, token chunk by token chunk, and returns ``g = ∂(Σ_t nll[t]) / ∂h``
-(the summed next-token loss; callers divide by the number of targets). The frozen blocks never see a backward.
+residual stream after the last block; detached, no graph of the frozen blocks), and, with ``keep_logits``, one on
+``lm_head`` keeps the logits the forward computed. :func:`top_error` returns ``g = ∂(Σ_t nll[t]) / ∂h`` (the summed
+next-token loss; callers divide by the number of targets), token chunk by token chunk: from the kept logits when
+the head is a plain linear map (softmax minus one-hot, times ``W``, back through the norm), else by rebuilding
+``logits = lm_head(norm(h))`` from the kept ``h``. The frozen blocks never see a backward.
 
 Example:
     >>> import torch
@@ -12,7 +14,8 @@ Example:
     >>> batch = tiny_batch()
     >>> with torch.no_grad(), TopCapture(model) as cap:
     ...     _ = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    ...     g, n = top_error(model, cap.pop(), batch["input_ids"])
+    ...     hidden, _ = cap.pop()
+    ...     g, n = top_error(model, hidden, batch["input_ids"])
     >>> tuple(g.shape), int(n)
     ((2, 16, 64), 30)
 """
@@ -25,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["TopCapture", "final_norm", "top_error"]
+__all__ = ["TopCapture", "final_norm", "linear_head_weight", "top_error"]
 
 _NORM_NAMES = ("norm", "ln_f", "final_layernorm", "norm_f", "final_norm")
 
@@ -47,53 +50,114 @@ def _lm_head(model: nn.Module) -> nn.Module:
     return head
 
 
+def linear_head_weight(model: nn.Module) -> Tensor | None:
+    """``lm_head``'s weight ``[V, D]`` when the head is a plain linear map of its input (an ``nn.Linear`` with no
+    submodule: no input encoder, no online transform), so that ``∂loss/∂input = ∂loss/∂logits @ W``; else None."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, nn.Linear) or any(True for _ in head.children()):
+        return None
+    weight = head.weight
+    return None if weight.dim() != 2 or hasattr(weight, "placements") else weight  # a sharded head: recompute
+
+
 class TopCapture:
-    """Context manager: keep the input of the final norm of every forward (detached), in call order."""
+    """Context manager: keep the input of the final norm of every forward (detached), in call order; with
+    ``keep_logits``, also the logits ``lm_head`` computed from it (the pieces of a sliced loss, in order), so that
+    :func:`top_error` need not compute them again."""
 
-    def __init__(self, model: nn.Module):
-        self.model, self.hidden, self._handle = model, [], None
+    def __init__(self, model: nn.Module, keep_logits: bool = False):
+        self.model, self.keep_logits = model, keep_logits
+        self.hidden: list[Tensor] = []
+        self.logits: list[list[Tensor]] = []
+        self._handles: list = []
 
-    def _hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+    def _norm_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         if args and isinstance(args[0], Tensor):
             self.hidden.append(args[0].detach())
+            self.logits.append([])
+
+    def _head_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if isinstance(output, Tensor) and self.logits:
+            self.logits[-1].append(output.detach())  # [B, positions, V]: the whole sequence or one slice of it
 
     def __enter__(self) -> TopCapture:
-        self._handle = final_norm(self.model).register_forward_hook(self._hook)
+        self._handles = [final_norm(self.model).register_forward_hook(self._norm_hook)]
+        if self.keep_logits:
+            self._handles.append(_lm_head(self.model).register_forward_hook(self._head_hook))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-        self._handle, self.hidden = None, []
+        for handle in self._handles:
+            handle.remove()
+        self._handles, self.hidden, self.logits = [], [], []
 
-    def pop(self) -> Tensor:
+    def pop(self) -> tuple[Tensor, list[Tensor] | None]:
+        """``(hidden [B, L, D], logits pieces or None)`` of the oldest forward not yet popped."""
         if not self.hidden:
             raise RuntimeError("no residual stream was captured: run the model forward inside the capture")
-        return self.hidden.pop(0)
+        hidden, pieces = self.hidden.pop(0), self.logits.pop(0)
+        covered = sum(p.shape[-2] for p in pieces)
+        return hidden, (pieces if self.keep_logits and covered == hidden.shape[-2] else None)
 
 
-def top_error(model: nn.Module, hidden: Tensor, labels: Tensor, chunk: int = 512) -> tuple[Tensor, Tensor]:
+def _logit_error(logits: Tensor, targets: Tensor, softcap: float | None) -> Tensor:
+    """``∂(Σ nll)/∂logits [N, V]`` of raw ``lm_head`` outputs: softmax minus one-hot, zero where the target is -100,
+    through Gemma's soft-capping when the model applies it after ``lm_head``."""
+    logits = logits.float()
+    if softcap:
+        capped = torch.tanh(logits / softcap)
+        err = torch.softmax(capped * softcap, dim=-1)
+    else:
+        err = torch.softmax(logits, dim=-1)
+    keep = targets != -100
+    err[keep, targets[keep]] -= 1.0
+    err[~keep] = 0.0
+    if softcap:
+        err *= 1.0 - capped.square()
+    return err
+
+
+def top_error(model: nn.Module, hidden: Tensor, labels: Tensor, chunk: int = 512,
+              logits: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """``(g [B, L, D], n_targets)``: the gradient of the summed next-token NLL w.r.t. the residual stream ``hidden``.
 
     Labels are shifted as the loss does (target of position t is token t+1, -100 ignored). ``chunk`` tokens at a time
     go through norm + ``lm_head``, so the ``[tokens, vocab]`` logits never exist for the whole batch at once.
+    ``logits``: the pieces :class:`TopCapture` kept from the forward (``[B, positions, V]`` each, in order). With
+    them and a plain linear head (:func:`linear_head_weight`) the logits are not computed again: the error goes
+    back through ``lm_head`` as ``∂loss/∂logits @ W`` and through the final norm by autograd, the same gradient.
     """
     norm, head = final_norm(model), _lm_head(model)
     cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-    targets = F.pad(labels, (0, 1), value=-100)[:, 1:].to(hidden.device).reshape(-1)
-    flat = hidden.reshape(-1, hidden.shape[-1])
-    grad = torch.zeros(flat.shape, dtype=torch.float32, device=flat.device)
-    for start in range(0, flat.shape[0], chunk):
-        stop = min(start + chunk, flat.shape[0])
-        tgt = targets[start:stop]
-        if not bool((tgt != -100).any()):
-            continue
-        with torch.enable_grad():
-            h = flat[start:stop].detach().requires_grad_(True)
-            logits = head(norm(h)).float()
-            if cap:
-                logits = torch.tanh(logits / cap) * cap
-            loss = F.cross_entropy(logits, tgt, ignore_index=-100, reduction="sum")
-            (g,) = torch.autograd.grad(loss, h)
-        grad[start:stop] = g.float()
-    return grad.view(*hidden.shape[:-1], -1), (targets != -100).sum()
+    targets = F.pad(labels, (0, 1), value=-100)[:, 1:].to(hidden.device)
+    grad = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
+    weight = linear_head_weight(model) if logits is not None else None
+    if weight is None:  # rebuild the logits from the kept residual stream, chunk by chunk
+        logits = [None]
+    width, start = hidden.shape[-1], 0
+    for piece in logits:
+        stop = hidden.shape[1] if piece is None else start + piece.shape[-2]
+        h_piece, t_piece = hidden[:, start:stop].reshape(-1, width), targets[:, start:stop].reshape(-1)
+        l_piece = None if piece is None else piece.reshape(-1, piece.shape[-1])
+        g_piece = torch.zeros(h_piece.shape, dtype=torch.float32, device=hidden.device)
+        for lo in range(0, h_piece.shape[0], chunk):
+            hi = min(lo + chunk, h_piece.shape[0])
+            tgt = t_piece[lo:hi]
+            if not bool((tgt != -100).any()):
+                continue
+            with torch.enable_grad():
+                h = h_piece[lo:hi].detach().requires_grad_(True)
+                normed = norm(h)
+                if l_piece is None:
+                    out = head(normed).float()
+                    if cap:
+                        out = torch.tanh(out / cap) * cap
+                    loss = F.cross_entropy(out, tgt, ignore_index=-100, reduction="sum")
+                    (g,) = torch.autograd.grad(loss, h)
+                else:
+                    err = _logit_error(l_piece[lo:hi], tgt, cap)
+                    (g,) = torch.autograd.grad(normed, h, (err @ weight.float()).to(normed.dtype))
+            g_piece[lo:hi] = g.float()
+        grad[:, start:stop] = g_piece.view(hidden.shape[0], stop - start, width)
+        start = stop
+    return grad, (targets != -100).sum()
