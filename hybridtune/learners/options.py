@@ -91,6 +91,8 @@ class RSTDPOptions(PlasticOptions):
     normalize_advantage: bool = False
     escape: bool = False
     temperature: float = 0.5
+    top_blocks: int | None = None  # only the top blocks' adapters are perturbed and learn (None: all)
+    perturb: Literal["together", "separately"] = "together"  # bottleneck and output noise in one pair or a pair each
 
 
 @dataclass

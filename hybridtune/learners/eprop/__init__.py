@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
-from .depth import depth_weights
+from hybridtune.learners.depth import depth_weights
+
 from .feedback import FEEDBACK_PATHS, FeedbackPath, feedback_path, register_feedback_path
 from .learner import EpropLearner
 from .rule import eprop_factor_grads

@@ -13,7 +13,7 @@ Per micro-batch (see :mod:`hybridtune.learners.protocol` for the call order):
    replica applies the same update), clips their global norm and hands them to a torch optimizer (AdamW by
    default) as ``.grad`` — ``ΔW = −lr Σ_t L[t] e[t]`` for SGD, the same direction rescaled per coordinate for Adam.
    Each block's parameters get ``lr · block_decay ** k`` (``k`` blocks below the top) and the blocks below
-   ``top_blocks`` none (:mod:`.depth`): the top error is a good signal only near the top, and Adam moves every
+   ``top_blocks`` none (:mod:`hybridtune.learners.depth`): the top error is a good signal only near the top, and Adam moves every
    coordinate by about ``lr`` whatever the quality of its estimate.
 
 Memory: the records (int8 spike counts, r-wide bottleneck spikes), one ``[B, L, D]`` hidden state and a chunk of
@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hybridtune.learners.eprop.depth import count_blocks, depth_weights
+from hybridtune.learners.depth import count_blocks, depth_weights
 from hybridtune.learners.eprop.feedback import FeedbackPath, feedback_path
 from hybridtune.learners.eprop.rule import eprop_factor_grads
 from hybridtune.learners.eprop.top import TopCapture, linear_head_weight, top_error
@@ -60,7 +60,7 @@ from hybridtune.learners.surrogate import build_scheduler, resolve_optimizer
 
 __all__ = ["EpropLearner", "EpropRecording", "TOP_BLOCKS", "BLOCK_DECAY"]
 
-# the depth profile's defaults (see .depth). Measured on the default model (30 blocks; one_hop on v/o/up/down_proj,
+# the depth profile's defaults (see hybridtune.learners.depth). Measured on the default model (30 blocks; one_hop on v/o/up/down_proj,
 # r = 8, lr 1e-3, seed 0, 28 steps x 4 x 128 python-docs tokens, held-out perplexity from 26.20 without adapters):
 # every block learning diverged (2110.97); the top 10 reached 23.84, the top 6 23.32 (23.36 at lr 2e-3), the top 4
 # 23.51. One seed each, so 4 and 6 are within noise of each other; 6 is the best measured.
@@ -99,7 +99,7 @@ class EpropLearner(OwnsParameters):
         scheduler, warmup_steps: the LR schedule (``None``: the trainer's defaults).
         max_grad_norm: clip the global norm of the estimate (``"default"``: the trainer's value; None: off).
         top_blocks: only the adapters of the top ``top_blocks`` decoder blocks learn (None: all); the blocks below
-            keep their initial values and their estimates are never computed (see :mod:`.depth`: the top error says
+            keep their initial values and their estimates are never computed (see :mod:`hybridtune.learners.depth`: the top error says
             little about the gradient far below the top).
         block_decay: the learning rate of a block ``k`` blocks below the top is ``lr · block_decay ** k``.
         seed: seeds the ``random`` feedback matrices.

@@ -7,7 +7,10 @@ Two estimators (``estimator``):
   the threshold) and output (``sigma_output``); the third factor is the per-token loss difference of the pair, the
   eligibility the local chain rule (``x`` for ``lora_A``, ``y`` for ``lora_B``), so both factors get a
   policy-gradient estimate. Costs ``2 · pairs`` forwards per micro-batch (``forwards_per_update`` in the metrics);
-  its variance grows with the number of perturbed units.
+  its variance grows with the number of perturbed units, so two options cut that number: ``top_blocks`` perturbs
+  and trains only the adapters of the top blocks (:mod:`hybridtune.learners.depth`), and ``perturb: separately``
+  gives the bottleneck and the output their own pairs (``4 · pairs`` forwards) -- perturbed together, the output's
+  thousands of units swamp the loss difference that the bottleneck's few should explain.
 * ``stdp`` — the reward-gated STDP rule below (with ``escape: true`` a REINFORCE estimate for ``lora_A``).
 
 Eligibility ``e[t] = γ e[t-1] + z[t]`` (``z`` = the pair-STDP term of :mod:`.stdp`) gated by reward minus baseline.
@@ -63,6 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hybridtune.learners.baselines import BASELINES, make_baseline
+from hybridtune.learners.depth import count_blocks, depth_weights
 from hybridtune.learners.escape import escape_scores
 from hybridtune.learners.narrow import reverse_trace
 from hybridtune.learners.plasticity import dense_reward_weights, sequence_reward_weights, trace_scan
@@ -75,6 +79,7 @@ from hybridtune.learners.rewards import RewardSignal, make_reward
 __all__ = ["RSTDPLearner", "reward_row_weights", "leaky_scan", "ESTIMATORS"]
 
 ESTIMATORS = ("antithetic", "stdp")
+PERTURB = ("together", "separately")
 
 
 def leaky_scan(u: Tensor, decay: Tensor, reset: Tensor | None, reverse: bool = False) -> Tensor:
@@ -151,13 +156,16 @@ class RSTDPLearner(PlasticLearner):
         normalize_advantage: divide the advantage by its standard deviation over the micro-batch.
         escape: stochastic (escape-noise) bottleneck neurons while recording -> policy-gradient updates for
             ``lora_A`` and thresholds; temperature: noise scale in units of the initial threshold.
+        top_blocks: only the adapters of the top ``top_blocks`` decoder blocks are perturbed and learn (None: all).
+        perturb: ``together`` (one pair of forwards perturbs bottleneck and output) or ``separately`` (a pair each).
     """
 
     def __init__(self, params: ParamSpec = "all", lr: float = 1e-3, *, estimator: str = "antithetic", pairs: int = 1,
                  sigma_bottleneck: float = 1.0, sigma_output: float = 0.01, reward: Any = None, tokenizer: Any = None,
                  baseline: str = "ema", baseline_momentum: float = 0.9, leave_one_out: bool = True,
                  gamma: float = 0.9, reset_eligibility: bool = True, normalize_advantage: bool = False,
-                 escape: bool = False, temperature: float = 0.5, name: str = "rstdp", **options: Any):
+                 escape: bool = False, temperature: float = 0.5, top_blocks: int | None = None,
+                 perturb: str = "together", name: str = "rstdp", **options: Any):
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"gamma: must be in [0, 1] (got {gamma})")
         if not temperature > 0:
@@ -169,11 +177,16 @@ class RSTDPLearner(PlasticLearner):
         if estimator == "antithetic" and escape:
             raise ValueError("escape: true belongs to estimator: stdp (the antithetic estimator perturbs the nodes "
                              "itself); drop escape or set estimator: stdp")
+        if top_blocks is not None and top_blocks < 1:
+            raise ValueError(f"top_blocks: must be >= 1 block, or None for all (got {top_blocks})")
+        if perturb not in PERTURB:
+            raise ValueError(f"perturb: {perturb!r} is not one of {', '.join(PERTURB)}")
         if pairs < 1 or sigma_bottleneck < 0 or sigma_output < 0 or sigma_bottleneck + sigma_output == 0:
             raise ValueError(f"pairs must be >= 1 and sigma_bottleneck / sigma_output >= 0, not both 0 (got {pairs}, "
                              f"{sigma_bottleneck}, {sigma_output})")
         super().__init__(params, lr, name=name, **options)
         self.estimator, self.pairs = estimator, int(pairs)
+        self.top_blocks, self.perturb = top_blocks, perturb
         self.sigma_bottleneck, self.sigma_output = float(sigma_bottleneck), float(sigma_output)
         self.model = None
         self.reward = make_reward(reward, tokenizer)
@@ -185,11 +198,23 @@ class RSTDPLearner(PlasticLearner):
     def setup(self, ctx: SetupContext) -> None:
         super().setup(ctx)
         self.model = ctx.model
+        weights = depth_weights(self._params, count_blocks(ctx.model), self.top_blocks)
+        self._learning = {n for n, w in weights.items() if w > 0}
+        if not self._learning:
+            raise ValueError(f"learner {self.name!r}: top_blocks={self.top_blocks} leaves none of its parameters "
+                             f"to learn; raise top_blocks or set it to None")
+        # the adapters below the top blocks are neither perturbed, recorded nor updated
+        self.targets = [t for t in self.targets if any(n in self._learning for n in t.roles.values())]
+        self._by_key = {t.key: t for t in self.targets}
         self.baseline.setup(ctx.model)
         if self.escape:
             for t in self.targets:
                 if self._noisy(t):  # noise scale fixed from the initial threshold (the policy's β stays put)
                     self.beta[target_key(t)] = (1.0 / (self.temperature * t.threshold().float())).cpu()
+
+    def learning_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The owned parameters within ``top_blocks`` (all of them when it is None)."""
+        return {n: p for n, p in self._params.items() if n in self._learning}
 
     def _check_target(self, target: FactorTarget) -> None:
         if self.escape and "A" in target.roles and self.rule == "projected":
@@ -226,10 +251,15 @@ class RSTDPLearner(PlasticLearner):
         rank = getattr(self.accelerator, "process_index", 0) if self.accelerator is not None else 0
         seed = int.from_bytes(hashlib.sha256(f"{self.seed}:{rank}:{self.steps}:{self._micro}".encode()).digest()[:8],
                               "little") & ((1 << 62) - 1)
-        for pair in range(self.pairs):
+        # which nodes each pair of forwards perturbs: both at once, or the bottleneck and the output in turn
+        rounds = ([(sigma_h, self.sigma_output)] if self.perturb == "together"
+                  else [(sigma_h, 0.0), ({}, self.sigma_output)])
+        rounds = [(h, o) for h, o in rounds if h or o > 0]
+        for pair, (sig_h, sig_o) in ((p * len(rounds) + i, r) for p in range(self.pairs)
+                                     for i, r in enumerate(rounds)):
             losses = []
             for sign in (1.0, -1.0):
-                with torch.no_grad(), perturbed(self.targets, sigma_h, self.sigma_output, seed, pair, sign):
+                with torch.no_grad(), perturbed(self.targets, sig_h, sig_o, seed, pair, sign):
                     reset_state(self.model)
                     nll, _ = causal_lm_nll(self.model(**kwargs).logits, batch["labels"])
                 losses.append(F.pad(nll.float(), (0, 1)))
@@ -244,7 +274,7 @@ class RSTDPLearner(PlasticLearner):
                 if rec is None:
                     continue
                 s = rec.bottleneck_spikes.float()
-                if t.layer in sigma_h:
+                if t.layer in sig_h:
                     xi = node_noise(tuple(s.shape), seed, t.layer, "h", pair, s.device)
                     g_h = half[..., None].to(s.device) * xi / sigma_h[t.layer].to(s.device)
                     if "A" in t.roles:
@@ -254,14 +284,14 @@ class RSTDPLearner(PlasticLearner):
                     if "threshold" in t.roles:  # θ enters as −θ next to h (LIF: also through the soft reset)
                         theta = rec.threshold.float().to(s.device)
                         self._add(t, "threshold", (g_h.sum((0, 1)) * theta) / (n_valid * self.pairs))
-                if "B" in t.roles and self.sigma_output > 0:
+                if "B" in t.roles and sig_o > 0:
                     y = s * rec.threshold.float().to(s.device) if t.kind == "mt" else s
                     out = t.lora_B.shape[0]
                     zeta = node_noise((*s.shape[:2], out), seed, t.layer, "o", pair, s.device)
                     g_o = half[..., None].to(s.device) * zeta / self.sigma_output
                     grad_b = t.scaling * g_o.reshape(-1, out).T @ y.reshape(-1, y.shape[-1])
                     self._add(t, "B", -grad_b / (n_valid * self.pairs))
-        self._mstats["forwards"] = self._mstats.get("forwards", 0.0) + 1.0 + 2.0 * self.pairs
+        self._mstats["forwards"] = self._mstats.get("forwards", 0.0) + 1.0 + 2.0 * self.pairs * len(rounds)
 
     def _begin_batch(self, obs: Observation) -> _Batch:
         from hybridtune.adapters import reset_mask

@@ -11,8 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from hybridtune.learners import Observation, SetupContext
+from hybridtune.learners.depth import block_index, count_blocks, depth_weights
 from hybridtune.learners.eprop import EpropLearner
-from hybridtune.learners.eprop.depth import block_index, count_blocks, depth_weights
 from hybridtune.testing import tiny_config, tiny_model
 
 _spec = importlib.util.spec_from_file_location("eprop_tests", Path(__file__).parent / "test_eprop_learner.py")

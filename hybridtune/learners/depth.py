@@ -1,5 +1,6 @@
-"""How much of the learning rate each block's adapters get: the broadcast error is trustworthy only near the top.
+"""How much of the learning rate each block's adapters get: local learning signals are trustworthy only near the top.
 
+Used by ``eprop`` (the broadcast error) and ``rstdp`` (node perturbation: fewer perturbed units, less variance).
 The top error ``g = ∂loss/∂h_top`` is the exact learning signal of a residual writer in the *last* block. A writer
 ``k`` blocks further down changes the stream that ``k`` frozen blocks then read, and the identity path ignores what
 they do with it: on the converted default model (30 blocks, r = 8, one batch of 4 × 128 python-docs tokens) the
