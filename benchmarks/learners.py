@@ -4,6 +4,9 @@ Every variant trains the same spiking LoRA adapters (same rank, targets, neuron,
 python-docs blocks for the same number of optimizer steps (same token budget), through the library's ``Trainer``:
 
 * ``surrogate`` -- backprop with the surrogate gradient (AdamW); the yardstick of the time / memory ratios;
+* ``surrogate_top`` -- the same, but only the adapters of the top ``--eprop-top-blocks`` blocks train (the others stay
+  at their initial values): the best any rule can do with the parameters eprop trains, so eprop's gap to it is the
+  quality of its learning signal and the gap from it to ``surrogate`` is the depth eprop leaves out;
 * ``stdp`` -- pair STDP on all factors (no backward pass; post-synaptic side: the layer output);
 * ``rstdp`` -- reward-modulated STDP with the antithetic node-perturbation estimator on both factors (two extra
   forwards with ± noise per update, reward = per-token loss difference);
@@ -59,9 +62,9 @@ from hybridtune.learners.eprop.learner import BLOCK_DECAY, TOP_BLOCKS
 
 TARGETS = {"time_ratio": 0.6, "memory_ratio": 0.5, "mix_within": 0.02, "eprop_drop_share": 0.4, "eprop_cosine": 0.2,
            "rstdp_spread": 3.0}
-VARIANTS = ("surrogate", "eprop_residual", "eprop_one_hop", "eprop_random", "stdp", "rstdp", "mix_stdp_surrogate",
+VARIANTS = ("surrogate", "surrogate_top", "eprop_residual", "eprop_one_hop", "eprop_random", "stdp", "rstdp", "mix_stdp_surrogate",
             "mix_stdp_eprop", "mix_rstdp_surrogate", "lora_ann")
-DEFAULT_VARIANTS = ("surrogate", "eprop_residual", "eprop_one_hop", "eprop_random", "stdp", "rstdp",
+DEFAULT_VARIANTS = ("surrogate", "surrogate_top", "eprop_residual", "eprop_one_hop", "eprop_random", "stdp", "rstdp",
                     "mix_stdp_surrogate", "lora_ann")
 DEFINITIONS = {
     "base_ppl": "held-out perplexity of the converted model without adapters; every drop is measured from it",
@@ -91,8 +94,9 @@ def learners_for(variant: str, args) -> list:
 
     stdp = dict(tau_pre=args.tau, tau_post=args.tau, a_minus=1.0, max_update_norm=args.clip, oja=args.oja)
     rstdp = dict(estimator="antithetic", pairs=args.pairs, sigma_bottleneck=args.sigma_bottleneck,
-                 sigma_output=args.sigma_output, gamma=args.gamma, max_update_norm=args.clip)
-    if variant in ("surrogate", "lora_ann"):
+                 sigma_output=args.sigma_output, gamma=args.gamma, max_update_norm=args.rstdp_clip,
+                 top_blocks=args.rstdp_top_blocks, perturb=args.rstdp_perturb)
+    if variant in ("surrogate", "surrogate_top", "lora_ann"):
         return [surrogate()]
     eprop = dict(lr=args.eprop_lr, scheduler="constant", max_grad_norm=1.0, top_blocks=args.eprop_top_blocks,
                  block_decay=args.eprop_block_decay)
@@ -160,6 +164,14 @@ def run_variant(variant: str, seed: int, snn, ann, train, held, args, workdir: P
                                                               target_modules=list(args.targets)))
     else:
         model = get_spiking_peft_model(copy.deepcopy(snn), adapter_config(args, targets_for(variant, args)))
+        if variant == "surrogate_top":  # the blocks below eprop's top_blocks keep their initial adapters
+            from hybridtune.learners.depth import count_blocks, depth_weights
+
+            trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+            weights = depth_weights(trainable, count_blocks(model), args.eprop_top_blocks)
+            for name, p in model.named_parameters():
+                if weights.get(name, 1.0) == 0.0:
+                    p.requires_grad_(False)
     trainer = make_trainer_class()(model, cfg, learners=learners_for(variant, args), train_data=train)
     started = time.perf_counter()
     trainer.fit()
@@ -247,6 +259,13 @@ def verdicts(rows: list[dict], base_ppl: float) -> dict:
         out["eprop_drop"] = (f"{'met' if share >= TARGETS['eprop_drop_share'] else 'MISSED'}: {best['learner']} "
                              f"drop {base_ppl - best['ppl_mean']:.3f} = {100 * share:.0f} % of surrogate's "
                              f"{base_ppl - sur['ppl_mean']:.3f} (target >= 40 %)")
+        top = by.get("surrogate_top")
+        if top is not None:  # not a target: how much of what backprop reaches on the same blocks eprop reaches
+            top_share = (base_ppl - best["ppl_mean"]) / max(base_ppl - top["ppl_mean"], 1e-9)
+            out["eprop_vs_surrogate_top"] = (f"info: {best['learner']} drop = {100 * top_share:.0f} % of "
+                                             f"surrogate_top's {base_ppl - top['ppl_mean']:.3f} (backprop on the "
+                                             f"same top blocks); surrogate_top's own share of surrogate's drop: "
+                                             f"{100 * (base_ppl - top['ppl_mean']) / max(base_ppl - sur['ppl_mean'], 1e-9):.0f} %")
         cos = best["grad_cosine"]["all"]["mean"]
         # the cosine is taken after each learner's optimizer (AdamW), which lowers even an exact gradient's
         ref = sur["grad_cosine"]["all"]["mean"]
@@ -307,7 +326,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--pairs", type=int, default=1, help="rstdp: antithetic pairs per micro-batch")
     p.add_argument("--sigma-bottleneck", type=float, default=1.0, help="rstdp: bottleneck noise, in units of θ")
     p.add_argument("--sigma-output", type=float, default=0.01, help="rstdp: adapter-output noise")
-    p.add_argument("--clip", type=float, default=0.01, help="plastic learners' per-layer max update norm")
+    p.add_argument("--clip", type=float, default=0.01, help="stdp: per-layer max update norm")
+    p.add_argument("--rstdp-clip", type=float, default=0.05, help="rstdp: per-layer max update norm")
+    p.add_argument("--rstdp-top-blocks", type=lambda v: None if v == "all" else int(v), default=2,
+                   help="rstdp: only the top N blocks are perturbed and learn ('all': every block)")
+    p.add_argument("--rstdp-perturb", choices=["together", "separately"], default="separately",
+                   help="rstdp: bottleneck and output noise in one pair of forwards or a pair each")
     p.add_argument("--oja", type=float, default=0.0)
     p.add_argument("--out", type=Path, default=RESULT)
     args = p.parse_args(argv)

@@ -100,7 +100,7 @@ class EpropOptions(OptimizerOptions):
     """:class:`~hybridtune.learners.eprop.learner.EpropLearner`: eligibility traces times a learning signal
     (``top_blocks`` / ``block_decay`` mirror its ``TOP_BLOCKS`` / ``BLOCK_DECAY``; a test keeps them equal)."""
 
-    feedback: str = "residual"  # a registered feedback path (residual, one_hop, random, ...)
+    feedback: str = "one_hop"  # a registered feedback path (one_hop, residual, random, ...); one_hop measured best
     top_blocks: int | None = 6  # only the top blocks' adapters learn (None: all)
     block_decay: float = 1.0
     seed: int = 0

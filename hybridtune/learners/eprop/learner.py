@@ -93,7 +93,7 @@ class EpropLearner(OwnsParameters):
     Args:
         params: which adapter parameters it owns (``lora_A``, ``lora_B``, neuron thresholds / LIF decays).
         lr: learning rate of the optimizer.
-        feedback: the feedback path, ``residual`` | ``one_hop`` | ``random`` (or a name registered with
+        feedback: the feedback path, ``one_hop`` (default, the best measured) | ``residual`` | ``random`` (or a name registered with
             :func:`~hybridtune.learners.eprop.feedback.register_feedback_path`).
         optimizer, optimizer_kwargs, weight_decay: the torch optimizer that applies the estimates (default AdamW).
         scheduler, warmup_steps: the LR schedule (``None``: the trainer's defaults).
@@ -110,7 +110,7 @@ class EpropLearner(OwnsParameters):
 
     uses_backward = False
 
-    def __init__(self, params: ParamSpec = "all", lr: float = 1e-3, *, feedback: str = "residual",
+    def __init__(self, params: ParamSpec = "all", lr: float = 1e-3, *, feedback: str = "one_hop",
                  optimizer: str = "AdamW", optimizer_kwargs: Mapping[str, Any] | None = None,
                  weight_decay: float | None = None, scheduler: str | None = None, warmup_steps: int | None = None,
                  max_grad_norm: float | None | str = "default", top_blocks: int | None = TOP_BLOCKS,

@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("suffix", [".depth", ".feedback", ".rule", ".top", ".learner"])
+@pytest.mark.parametrize("suffix", [".feedback", ".rule", ".top", ".learner"])
 def test_docstring_examples(suffix):
     module = importlib.import_module("hybridtune.learners.eprop" + suffix)
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
