@@ -20,7 +20,10 @@ weights. The strategies:
   normalisation (the row sum stays float); ``nrelu`` at its initial ``tau = 1, b = 0``;
 - ``sigmoid`` (recoverable): ``sigmoid(tau_h s + b_h - log n_visible)``, a gate that needs no row sum; at
   ``tau = 1, b = 0`` it is ``exp(s) / n`` for scores well below ``log n``, i.e. softmax where the row's
-  ``sum exp(s)`` is ``n``.
+  ``sum exp(s)`` is ``n``;
+- ``relu_knots`` (recoverable): ``f(s) / sum f(s)`` with ``f(s) = sum_m a_hm relu(s - c_hm)``, 8 learnable
+  thresholds and weights per head (a multi-threshold neuron on the score), started as the piecewise-linear
+  interpolant of ``exp``.
 
 A recoverable strategy owns a few per-head parameters (``tau``, ``b`` and for ``relu_count`` ``g``), registered on the
 :class:`SpikingAttention` module (``hybridtune_attention.params.*``), frozen after conversion; the recovery stage
@@ -33,8 +36,10 @@ Example:
     >>> fn = attention_function()
     >>> fn.__name__
     'spiking_attention_forward'
-    >>> sorted(NORMALISATIONS), [n for n in NORMALISATIONS if NORMALISATIONS[n].recoverable]
-    (['keep', 'nrelu', 'relu_count', 'relu_sum', 'sigmoid', 'spike'], ['relu_count', 'relu_sum', 'sigmoid'])
+    >>> sorted(NORMALISATIONS)
+    ['keep', 'nrelu', 'relu_count', 'relu_knots', 'relu_sum', 'sigmoid', 'spike']
+    >>> [n for n in NORMALISATIONS if NORMALISATIONS[n].recoverable]
+    ['relu_count', 'relu_sum', 'sigmoid', 'relu_knots']
 """
 
 from __future__ import annotations
@@ -188,9 +193,51 @@ class SigmoidGate:
         return _masked(torch.sigmoid(scores * tau + bias - log_n), visible)
 
 
+def _exp_knots(centre: Tensor, knots: int) -> dict[str, Tensor]:
+    """Knots ``c = centre + [-3, 4]`` (per head) and log slope increments of the piecewise-linear interpolant of
+    ``exp`` through them, continued past the last knot with its tangent: convex, so every increment is positive."""
+    offsets = torch.linspace(-3.0, 4.0, knots, dtype=torch.float64)
+    slopes = torch.empty(knots, dtype=torch.float64)
+    slopes[:-1] = (offsets[1:].exp() - offsets[:-1].exp()) / (offsets[1:] - offsets[:-1])  # secants
+    slopes[-1] = offsets[-1].exp()  # the tangent at the last knot
+    increments = torch.cat([slopes[:1], slopes[1:] - slopes[:-1]])
+    heads = centre.shape[0]
+    return {"knots": (centre.double()[:, None] + offsets[None]).float(),
+            "log_slope": increments.log().float().expand(heads, knots).clone()}
+
+
+class LearnedKnots:
+    """``f(s) / sum_visible f(s)`` with ``f(s) = sum_m a_hm relu(s - c_hm)``: a multi-threshold score neuron.
+
+    Each knot ``c_hm`` is a threshold and ``a_hm`` the weight of what passes it, so ``f`` is a per-head,
+    piecewise-linear, learnable stand-in for ``exp``; it starts as the interpolant of ``exp`` through 8 knots
+    around the head's typical log-partition offset, where ``relu_sum`` is one straight line.
+    """
+
+    name, recoverable, knots = "relu_knots", True, 8
+    float_note = ("attention normalisation (relu_knots: per score 8 thresholds, 8 weighted terms, the row sum and one "
+                  "division; 16 float parameters per head)")
+    float_cost = (9.0, 9.0)  # the 8 weights and the division; the 8 threshold subtractions and the row sum
+
+    def initial_parameters(self, heads: int) -> dict[str, Tensor]:
+        return _exp_knots(torch.zeros(heads), self.knots)
+
+    def fitted_parameters(self, offset: Tensor) -> dict[str, Tensor]:
+        return _exp_knots(offset, self.knots)
+
+    def probabilities(self, scores, visible, n_visible, params):
+        knots = params["knots"].to(scores.dtype)
+        slopes = params["log_slope"].exp().to(scores.dtype)
+        f = torch.zeros_like(scores)
+        for m in range(knots.shape[1]):  # one threshold at a time: no [B, H, Lq, Lk, M] tensor
+            f = f + slopes[:, m, None, None] * torch.relu(scores - knots[:, m, None, None])
+        probs = _masked(f, visible)
+        return probs / probs.sum(-1, keepdim=True).clamp(min=1e-9)
+
+
 NORMALISATIONS: dict[str, Normalisation] = {s.name: s for s in (Softmax(), NormalisedRelu(), CountNormalisedRelu(),
                                                                  LearnedCountRelu(), LearnedSumRelu(),
-                                                                 SigmoidGate())}
+                                                                 SigmoidGate(), LearnedKnots())}
 SOFTMAX_MODES = tuple(NORMALISATIONS)
 RECOVERABLE = tuple(name for name, s in NORMALISATIONS.items() if s.recoverable)
 

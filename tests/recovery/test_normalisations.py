@@ -34,7 +34,8 @@ def _probs(name: str, scores: torch.Tensor, visible: torch.Tensor | None = None)
 def test_registry_matches_the_config_choices():
     assert SOFTMAX_MODES == SOFTMAX and RECOVERABLE == RECOVERABLE_SOFTMAX
     assert {n: s.recoverable for n, s in NORMALISATIONS.items()} == {
-        "keep": False, "nrelu": False, "spike": False, "relu_count": True, "relu_sum": True, "sigmoid": True}
+        "keep": False, "nrelu": False, "spike": False, "relu_count": True, "relu_sum": True, "sigmoid": True,
+        "relu_knots": True}
 
 
 def test_initial_values_golden():
@@ -99,7 +100,8 @@ def test_cached_decode_matches_full_forward(name):
 
 
 @pytest.mark.parametrize("name,macs,adds", [("keep", 2, 1), ("nrelu", 1, 1), ("spike", 1, 0), ("relu_count", 2, 1),
-                                            ("relu_sum", 2, 2), ("sigmoid", 3, 1)])
+                                            ("relu_sum", 2, 2), ("sigmoid", 3, 1),
+                                            ("relu_knots", 9, 9)])
 def test_census_charges_the_float_normalisation(name, macs, adds):
     snn = convert(tiny_model("llama"), ConversionConfig(coverage=ATTN, softmax=name, compensation=False))
     ids = tiny_batch()["input_ids"]
@@ -149,3 +151,21 @@ def test_config_names_the_key_and_the_valid_values():
             load_config(None, [override])
     cfg = load_config(None, [attention, "conversion.softmax=sigmoid", "recovery.stage1_steps=10"])
     assert cfg.recovery.stage1_steps == 10 and cfg.conversion.softmax == "sigmoid"
+
+
+def test_relu_knots_starts_as_the_interpolant_of_exp():
+    """At its knots f equals exp minus its value at the first knot (the interpolant through them, shifted to 0 below
+    the first), so its rows approach softmax where the scores lie between the knots; a fit moves the knots with the
+    head's log-partition offset."""
+    spec = SpikingAttention("relu_knots", torch.nn.Identity(), torch.nn.Identity(), heads=2)
+    knots = spec.params["knots"]
+    assert tuple(knots.shape) == (2, 8) and (spec.params["log_slope"].exp() > 0).all()
+    at = knots[:1, :, None, None].permute(2, 0, 3, 1).expand(1, 2, 1, 8)  # the first head's knots as one row of scores
+    probs = spec.norm.probabilities(at, None, 8, spec.params)[0, 0, 0]
+    f = knots[0].exp() - knots[0, 0].exp()
+    torch.testing.assert_close(probs, f / f.sum(), rtol=1e-5, atol=1e-7)
+    scores = torch.linspace(-1.0, 2.0, 32).view(1, 1, 1, 32).expand(1, 2, 1, 32)
+    torch.testing.assert_close(spec.norm.probabilities(scores, None, 32, spec.params), torch.softmax(scores, -1),
+                               atol=0, rtol=0.2)
+    fitted = spec.norm.fitted_parameters(torch.tensor([0.0, 1.5]))
+    torch.testing.assert_close(fitted["knots"][1] - fitted["knots"][0], torch.full((8,), 1.5))
