@@ -86,6 +86,11 @@ def _masked(probs: Tensor, visible: Tensor | None) -> Tensor:
     return probs if visible is None else probs.masked_fill(~visible, 0.0)
 
 
+def _row_normalised(probs: Tensor) -> Tensor:
+    """Each row over its sum (the visible keys'; masked ones are already zero)."""
+    return probs / probs.sum(-1, keepdim=True).clamp(min=1e-9)
+
+
 def _per_head(params: nn.ParameterDict, name: str, like: Tensor) -> Tensor:
     return params[name].to(like.dtype)[None, :, None, None]  # [1, H, 1, 1]
 
@@ -119,8 +124,7 @@ class NormalisedRelu(_Fixed):
     float_cost = (1.0, 1.0)  # relu is free; one division per score and the row sum
 
     def probabilities(self, scores, visible, n_visible, params):
-        probs = _masked(torch.relu(scores), visible)
-        return probs / probs.sum(-1, keepdim=True).clamp(min=1e-9)
+        return _row_normalised(_masked(torch.relu(scores), visible))
 
 
 class CountNormalisedRelu(_Fixed):
@@ -168,8 +172,7 @@ class LearnedSumRelu:
 
     def probabilities(self, scores, visible, n_visible, params):
         tau, bias = (_per_head(params, k, scores) for k in ("tau", "bias"))
-        probs = _masked(torch.relu(scores * tau + bias), visible)
-        return probs / probs.sum(-1, keepdim=True).clamp(min=1e-9)
+        return _row_normalised(_masked(torch.relu(scores * tau + bias), visible))
 
 
 class SigmoidGate:
@@ -231,8 +234,7 @@ class LearnedKnots:
         f = torch.zeros_like(scores)
         for m in range(knots.shape[1]):  # one threshold at a time: no [B, H, Lq, Lk, M] tensor
             f = f + slopes[:, m, None, None] * torch.relu(scores - knots[:, m, None, None])
-        probs = _masked(f, visible)
-        return probs / probs.sum(-1, keepdim=True).clamp(min=1e-9)
+        return _row_normalised(_masked(f, visible))
 
 
 NORMALISATIONS: dict[str, Normalisation] = {s.name: s for s in (Softmax(), NormalisedRelu(), CountNormalisedRelu(),
