@@ -29,6 +29,8 @@ is the converted model before any adapter, ``start_ppl`` the converted model wit
 gradient, on held-out batches (:func:`hybridtune.learners.alignment.gradient_alignment`), per parameter group and
 ``all`` over the parameters the learner *updates* (eprop: the blocks within ``top_blocks`` only), ``all_owned`` over
 every parameter it owns (a parameter that never moves counts as a zero update against its gradient there).
+``estimate_cosine``: the same for the rule's own estimate, what the learner hands its optimizer as ``.grad`` before
+AdamW rescales each coordinate (the update itself for stdp / rstdp, which apply their rule directly).
 
 Writes ``benchmarks/results/learners.json``: ``rows`` (one per learner: ``learner``, ``ppl_mean``, ``ppl_std``,
 ``time_ratio``, ``memory_ratio``, ``grad_cosine``, ``targets``, plus per-seed values and absolute numbers),
@@ -73,6 +75,9 @@ DEFINITIONS = {
                    "learner would apply (after its optimizer) and the true negative gradient (a separate backward); "
                    "per parameter group (lora_A, lora_B, threshold, decay) and 'all' over the parameters the learner "
                    "updates (eprop: only the blocks within top_blocks), 'all_owned' over every parameter it owns",
+    "estimate_cosine": "as grad_cosine, for the learner's estimate before its optimizer (what it hands AdamW as "
+                       ".grad; the update itself for stdp / rstdp): does the rule point downhill, whatever AdamW's "
+                       "per-coordinate scaling then makes of it",
     "time_ratio": "median step wall time over the surrogate's of the same seed (alternate steps, warm-up excluded), "
                   "median over seeds",
     "memory_ratio": "median peak heap above the step's start over the surrogate's of the same seed (the other steps), "
@@ -99,7 +104,7 @@ def learners_for(variant: str, args) -> list:
     if variant in ("surrogate", "surrogate_top", "lora_ann"):
         return [surrogate()]
     eprop = dict(lr=args.eprop_lr, scheduler="constant", max_grad_norm=1.0, top_blocks=args.eprop_top_blocks,
-                 block_decay=args.eprop_block_decay)
+                 block_decay=args.eprop_block_decay, error_dtype=args.eprop_error_dtype)
     if variant.startswith("eprop_"):
         return [EpropLearner(params="all", feedback=variant[len("eprop_"):], **eprop)]
     if variant == "mix_stdp_eprop":
@@ -178,9 +183,12 @@ def run_variant(variant: str, seed: int, snn, ann, train, held, args, workdir: P
     train_s = time.perf_counter() - started
     ppl = trainer.evaluate(held)["eval/ppl"]
     metrics = {k: v for k, v in trainer.learners[0].metrics().items() if isinstance(v, float)}
-    cosine = grad_cosine(trainer, held, args)
+    both = grad_cosine(trainer, held, args)
+    cosine = {k: v for k, v in both.items() if not k.startswith("estimate/")}
+    estimate = {k[len("estimate/"):]: v for k, v in both.items() if k.startswith("estimate/")}
     out = {"variant": variant, "seed": seed, "ppl": ppl, "step_s": trainer.step_seconds,
-           "peak_bytes": trainer.step_peaks, "train_s": round(train_s, 2), "metrics": metrics, "grad_cosine": cosine}
+           "peak_bytes": trainer.step_peaks, "train_s": round(train_s, 2), "metrics": metrics, "grad_cosine": cosine,
+           "estimate_cosine": estimate}
     del trainer, model
     gc.collect()
     return out
@@ -198,13 +206,14 @@ def adapter_config(args, targets=None):
 
 
 def grad_cosine(trainer, held: dict, args) -> dict[str, float]:
-    """Cosine of each learner's next update with the true negative gradient on the first held-out batches."""
+    """Cosine of each learner's next update, and of its estimate before the optimizer (``estimate/<group>``), with
+    the true negative gradient on the first held-out batches."""
     from hybridtune.learners.alignment import gradient_alignment
 
     n = held["input_ids"].shape[0]
     starts = range(0, min(n, args.cosine_batches * args.batch_size), args.batch_size)
     batches = [{k: v[i:i + args.batch_size] for k, v in held.items()} for i in starts]
-    return gradient_alignment(trainer.unwrapped, trainer.learners, batches, keys=trainer.model_keys)
+    return gradient_alignment(trainer.unwrapped, trainer.learners, batches, keys=trainer.model_keys, estimate=True)
 
 
 def median_after_warmup(values: list[float]) -> float:
@@ -232,6 +241,7 @@ def summarise(runs: list[dict], seeds: list[int], base_ppl: float, start_ppl: di
             "peak_mb_median": statistics.median(median_after_warmup(r["peak_bytes"]) for r in mine) / 2**20,
             "train_s": [r["train_s"] for r in mine], "final_metrics_seed0": mine[0]["metrics"],
             "grad_cosine": cosine_summary([r["grad_cosine"] for r in mine]),
+            "estimate_cosine": cosine_summary([r["estimate_cosine"] for r in mine]),
             "targets": targets_for(variant, args),
             "on": "ANN (peft LoRA)" if variant == "lora_ann" else "converted spiking model",
         })
@@ -267,10 +277,13 @@ def verdicts(rows: list[dict], base_ppl: float) -> dict:
                                              f"same top blocks); surrogate_top's own share of surrogate's drop: "
                                              f"{100 * (base_ppl - top['ppl_mean']) / max(base_ppl - sur['ppl_mean'], 1e-9):.0f} %")
         cos = best["grad_cosine"]["all"]["mean"]
-        # the cosine is taken after each learner's optimizer (AdamW), which lowers even an exact gradient's
+        # the cosine is taken after each learner's optimizer (AdamW), which lowers even an exact gradient's; the
+        # estimate's cosine (before AdamW) is reported beside it, not judged in its place
         ref = sur["grad_cosine"]["all"]["mean"]
+        est, est_ref = best["estimate_cosine"]["all"]["mean"], sur["estimate_cosine"]["all"]["mean"]
         out["eprop_grad_cosine"] = (f"{'met' if cos >= TARGETS['eprop_cosine'] else 'MISSED'}: {cos:.3f} "
-                                    f"(target >= 0.2; surrogate's, through the same AdamW: {ref:.3f})")
+                                    f"(target >= 0.2; surrogate's, through the same AdamW: {ref:.3f}); before "
+                                    f"AdamW, the estimates: {best['learner']} {est:.3f}, surrogate {est_ref:.3f}")
         for key, target in (("time_ratio", TARGETS["time_ratio"]), ("memory_ratio", TARGETS["memory_ratio"])):
             if best[key] is not None:
                 out[f"eprop_{key}"] = (f"{'met' if best[key] <= target else 'MISSED'}: {best[key]:.3f} "
@@ -324,6 +337,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="eprop: only the top N decoder blocks learn ('all': every block; default: the learner's)")
     p.add_argument("--eprop-block-decay", type=float, default=BLOCK_DECAY,
                    help="eprop: lr of a block k blocks below the top is lr * decay**k (default: the learner's)")
+    # bfloat16 halves the learner's largest GEMM ([tokens, vocab] @ [vocab, hidden]) on CPUs with bf16 units
+    p.add_argument("--eprop-error-dtype", choices=["float32", "bfloat16"], default="bfloat16",
+                   help="eprop: precision of the top error's GEMM through lm_head (the learner's default: float32)")
     p.add_argument("--cosine-batches", type=int, default=2, help="held-out batches for grad_cosine")
     p.add_argument("--tau", type=float, default=8.0)
     p.add_argument("--gamma", type=float, default=0.0, help="rstdp: credit of later tokens' loss differences")
@@ -396,9 +412,9 @@ def main(argv: list[str] | None = None) -> dict:
     for row in summary["rows"]:
         tr = "-" if row["time_ratio"] is None else f"{row['time_ratio']:.3f}"
         mr = "-" if row["memory_ratio"] is None else f"{row['memory_ratio']:.3f}"
-        cos = row["grad_cosine"]["all"]
+        cos, est = row["grad_cosine"]["all"], row["estimate_cosine"]["all"]
         print(f"{row['learner']:22s} ppl {row['ppl_mean']:.4f} ± {row['ppl_std']:.4f}  time x{tr}  memory x{mr}  "
-              f"grad_cosine {cos['mean']:+.3f} ± {cos['std']:.3f}")
+              f"grad_cosine {cos['mean']:+.3f} ± {cos['std']:.3f}  estimate {est['mean']:+.3f}")
     for k, v in summary["verdicts"].items():
         print(f"{k}: {v}")
     return result

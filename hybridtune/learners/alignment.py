@@ -15,8 +15,10 @@ For each held-out batch, :func:`gradient_alignment`
    the gradient, and the cosine would judge the choice of what learns rather than the direction of the rule.
 
 A cosine near 0 means the rule moves the adapters in a direction unrelated to the loss; 1 means steepest descent.
-The update is what the learner applies (after its optimizer: Adam's per-coordinate scaling lowers the cosine of
-even an exact gradient estimate, typically to 0.5–0.8).
+The update is what the learner applies, after its optimizer: Adam's per-coordinate scaling lowers the cosine of
+even an exact gradient, on a model with many parameters far below 0.5. ``estimate=True`` therefore also reports the
+rule's own direction (``estimate/<group>``: what the learner hands its optimizer as ``.grad``), the number to look
+at when writing a new rule; the update's cosine says where the parameters actually went.
 
 Example:
     >>> import torch
@@ -95,12 +97,44 @@ def _true_gradient(model: nn.Module, owned: Mapping[str, nn.Parameter], batch: M
             for (n, p), g in zip(owned.items(), grads)}
 
 
+class _Estimates:
+    """Optimizer step pre-hooks keeping the ``.grad`` each learner's torch optimizer is about to apply: the rule's own
+    estimate, before any per-coordinate scaling (Adam) or momentum."""
+
+    def __init__(self, learners: Sequence[Learner], owned: Mapping[str, nn.Parameter]):
+        self.names = {id(p): n for n, p in owned.items()}
+        self.kept: dict[str, Tensor] = {}
+        self.covered: set[str] = set()  # owned by a learner with an optimizer (the others: estimate = update)
+        self.handles = []
+        for lr in learners:
+            opt = getattr(lr, "optimizer", None)
+            while isinstance(getattr(opt, "optimizer", None), torch.optim.Optimizer):
+                opt = opt.optimizer  # Accelerate's wrapper steps the torch optimizer inside it
+            if isinstance(opt, torch.optim.Optimizer):
+                self.covered.update(self.names[id(p)] for g in opt.param_groups for p in g["params"]
+                                    if id(p) in self.names)
+                self.handles.append(opt.register_step_pre_hook(self._keep))
+
+    def _keep(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if id(p) in self.names and p.grad is not None:
+                    self.kept[self.names[id(p)]] = -p.grad.detach().float().clone()  # a descent direction
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
 def _learner_update(model: nn.Module, learners: Sequence[Learner], owned: Mapping[str, nn.Parameter],
-                    batch: Mapping[str, Tensor], keys: Sequence[str]) -> dict[str, Tensor]:
+                    batch: Mapping[str, Tensor], keys: Sequence[str]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``(update, estimate)`` per owned parameter: what the learners applied, and what their optimizers were handed
+    (``−.grad``; the update itself for a parameter whose learner applies its rule without a torch optimizer)."""
     before = {n: p.detach().clone() for n, p in owned.items()}
     grads = {n: (p.grad.clone() if p.grad is not None else None) for n, p in owned.items()}
     states = [copy.deepcopy(lr.state_dict()) for lr in learners]
     backprop = any(lr.uses_backward for lr in learners)
+    estimates = _Estimates(learners, owned)
     try:
         for p in owned.values():
             p.grad = None
@@ -117,8 +151,12 @@ def _learner_update(model: nn.Module, learners: Sequence[Learner], owned: Mappin
                 lr.observe(Observation(batch=batch, token_nll=nll.detach(), recording=rec))
         for lr in learners:
             lr.step()
-        return {n: (p.detach() - before[n]).float() for n, p in owned.items()}
+        update = {n: (p.detach() - before[n]).float() for n, p in owned.items()}
+        estimate = {n: (estimates.kept.get(n, torch.zeros_like(u)) if n in estimates.covered else u)
+                    for n, u in update.items()}
+        return update, estimate
     finally:
+        estimates.remove()
         with torch.no_grad():
             for n, p in owned.items():
                 p.copy_(before[n])
@@ -137,9 +175,13 @@ def _cosine(a: list[Tensor], b: list[Tensor]) -> float:
 
 
 def gradient_alignment(model: nn.Module, learners: Sequence[Learner], batches: Iterable[Mapping[str, Tensor]],
-                       keys: Sequence[str] | None = None) -> dict[str, float]:
+                       keys: Sequence[str] | None = None, estimate: bool = False) -> dict[str, float]:
     """Mean cosine between the learners' update and ``−∇loss`` over ``batches``: per group and ``all`` over the
     parameters the learners update, ``all_owned`` over every parameter they own.
+
+    ``estimate``: also report, under ``estimate/<group>``, the cosine of the rule's own estimate, i.e. what a
+    learner hands its torch optimizer as ``.grad`` before Adam's per-coordinate scaling or momentum (for a learner
+    that applies its rule without a torch optimizer, the update itself). Plain SGD makes the two equal.
 
     ``model`` is the (unwrapped) peft model the learners were set up on; each batch holds ``input_ids``,
     ``attention_mask``, ``labels`` and optionally ``doc_start``. Nothing is changed: parameters, gradients and the
@@ -158,10 +200,13 @@ def gradient_alignment(model: nn.Module, learners: Sequence[Learner], batches: I
         use = tuple(keys) if keys is not None else tuple(k for k in ("input_ids", "attention_mask", "doc_start")
                                                           if k in batch)
         grad = _true_gradient(model, owned, batch, use)
-        update = _learner_update(model, learners, owned, batch, use)
+        update, est = _learner_update(model, learners, owned, batch, use)
         for group, names in groups.items():
-            cos = _cosine([update[n] for n in names], [-grad[n] for n in names])
-            sums[group] = sums.get(group, 0.0) + cos
+            downhill = [-grad[n] for n in names]
+            sums[group] = sums.get(group, 0.0) + _cosine([update[n] for n in names], downhill)
+            if estimate:
+                key = f"estimate/{group}"
+                sums[key] = sums.get(key, 0.0) + _cosine([est[n] for n in names], downhill)
         count += 1
     if count == 0:
         raise ValueError("gradient_alignment: no batches given")

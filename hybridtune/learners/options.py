@@ -105,6 +105,7 @@ class EpropOptions(OptimizerOptions):
     block_decay: float = 1.0
     seed: int = 0
     top_chunk: int = 256
+    error_dtype: Literal["float32", "bfloat16"] = "float32"  # the top error's GEMM against lm_head's weight
     feedback_from: str | None = None  # a saved adapter directory whose random feedback matrices to reuse
 
 

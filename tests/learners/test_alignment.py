@@ -86,6 +86,34 @@ def test_the_cosine_is_taken_over_the_parameters_the_learner_updates():
     assert 0 < cos["all_owned"] < cos["all"] - 0.01
 
 
+def test_the_estimate_is_the_rule_before_its_optimizer():
+    """Adam rescales each coordinate, so an exact gradient's *update* is not parallel to it; the *estimate* (what the
+    learner hands its optimizer) still is. Plain SGD makes the two equal; a learner without a torch optimizer (stdp)
+    reports its update as its estimate."""
+    model = get_spiking_peft_model(tiny_model("llama"), spiking_lora_config(r=4, neuron="lif", threshold=0.02,
+                                                                           init_b_std=0.05,
+                                                                           target_modules=["q_proj", "down_proj"]))
+    adam = SurrogateLearner(lr=0.1, optimizer="AdamW", scheduler="constant", max_grad_norm=1e-3)  # clipping kept
+    setup(adam, model, "lora_")
+    cos = gradient_alignment(model, [adam], batches(), estimate=True)
+    assert cos["estimate/all"] == pytest.approx(1.0, abs=1e-5) and cos["estimate/lora_A"] == pytest.approx(1.0, abs=1e-5)
+    assert cos["all"] < 0.99  # Adam's first step is the gradient's sign
+    assert "estimate/all" not in gradient_alignment(model, [adam], batches())
+
+    model = eprop_tests.adapted(eprop_tests.one_block(), ["down_proj"], "lif")
+    ep = EpropLearner(params="lora_", lr=1.0, optimizer="SGD", scheduler="constant", max_grad_norm=None)
+    setup(ep, model, "lora_")
+    cos = gradient_alignment(model, [ep], batches(), estimate=True)
+    for group in ("all", "lora_A", "lora_B"):
+        assert cos[f"estimate/{group}"] == pytest.approx(cos[group], abs=1e-5)
+
+    model = eprop_tests.adapted(eprop_tests.one_block(), ["down_proj"], "lif")
+    stdp = STDPLearner(params="lora_", lr=0.05)
+    setup(stdp, model, "lora_")
+    cos = gradient_alignment(model, [stdp], batches(), estimate=True)
+    assert cos["estimate/all"] == pytest.approx(cos["all"], abs=1e-6)
+
+
 def test_groups_and_errors():
     assert [parameter_group(n) for n in ("x.lora_A.w", "x.lora_B.w", "n.log_threshold", "n.decay_logit", "z")] == [
         "lora_A", "lora_B", "threshold", "decay", "other"]

@@ -197,6 +197,7 @@ class OneHopPath:
         self._outputs: _Outputs | None = None
         self._needed: dict[str, nn.Module] = {}
         self._pending: dict[str, Tensor] = {}
+        self._back: dict[str, tuple[Tensor, Tensor]] = {}
 
     def prepare(self, model: nn.Module, targets: list[FactorTarget], hidden: int, seed: int) -> None:
         config = getattr(getattr(model, "base_model", model), "config", None) or getattr(model, "config", None)
@@ -224,7 +225,9 @@ class OneHopPath:
             self._needed[parent + ".up_proj"] = block.up_proj
 
             def via_down_gated(g: Tensor, leaf: str = leaf, parent: str = parent) -> Tensor:
-                back = g @ w_d.to(g.dtype)
+                kept = self._back.get(parent)  # gate and up share g @ W_down: one GEMM per block and error
+                back = kept[1] if kept is not None and kept[0] is g else g @ w_d.to(g.dtype)
+                self._back[parent] = (g, back)
                 gate, up = self._pending[parent + ".gate_proj"].float(), self._pending[parent + ".up_proj"].float()
                 if leaf == "up_proj":
                     return back * act(gate)
@@ -252,6 +255,7 @@ class OneHopPath:
         """Take this forward's captured activations (called once per observed forward, before ``signal``)."""
         if self._outputs is not None:
             self._pending = {n: v.pop(0) for n, v in self._outputs.kept.items() if v}
+        self._back = {}
 
     def signal(self, target: FactorTarget, g: Tensor) -> Tensor:
         return self.links[target.layer](g)

@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["TopCapture", "final_norm", "linear_head_weight", "top_error"]
+__all__ = ["TopCapture", "final_norm", "linear_head_weight", "top_error", "ERROR_DTYPES"]
+
+ERROR_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 _NORM_NAMES = ("norm", "ln_f", "final_layernorm", "norm_f", "final_norm")
 
@@ -53,7 +55,10 @@ def _lm_head(model: nn.Module) -> nn.Module:
 def linear_head_weight(model: nn.Module) -> Tensor | None:
     """``lm_head``'s weight ``[V, D]`` when the head is a plain linear map of its input (an ``nn.Linear`` with no
     submodule: no input encoder, no online transform), so that ``∂loss/∂input = ∂loss/∂logits @ W``; else None."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return _plain_weight(model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None)
+
+
+def _plain_weight(head: nn.Module | None) -> Tensor | None:
     if not isinstance(head, nn.Linear) or any(True for _ in head.children()):
         return None
     weight = head.weight
@@ -65,8 +70,10 @@ class TopCapture:
     ``keep_logits``, also the logits ``lm_head`` computed from it (the pieces of a sliced loss, in order), so that
     :func:`top_error` need not compute them again."""
 
-    def __init__(self, model: nn.Module, keep_logits: bool = False):
+    def __init__(self, model: nn.Module, keep_logits: bool = False, norm: nn.Module | None = None,
+                 head: nn.Module | None = None):
         self.model, self.keep_logits = model, keep_logits
+        self.norm, self.head = norm, head  # resolved once by the caller, or found on entry
         self.hidden: list[Tensor] = []
         self.logits: list[list[Tensor]] = []
         self._handles: list = []
@@ -81,9 +88,11 @@ class TopCapture:
             self.logits[-1].append(output.detach())  # [B, positions, V]: the whole sequence or one slice of it
 
     def __enter__(self) -> TopCapture:
-        self._handles = [final_norm(self.model).register_forward_hook(self._norm_hook)]
+        norm = self.norm if self.norm is not None else final_norm(self.model)
+        self._handles = [norm.register_forward_hook(self._norm_hook)]
         if self.keep_logits:
-            self._handles.append(_lm_head(self.model).register_forward_hook(self._head_hook))
+            head = self.head if self.head is not None else _lm_head(self.model)
+            self._handles.append(head.register_forward_hook(self._head_hook))
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -118,7 +127,8 @@ def _logit_error(logits: Tensor, targets: Tensor, softcap: float | None) -> Tens
 
 
 def top_error(model: nn.Module, hidden: Tensor, labels: Tensor, chunk: int = 512,
-              logits: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+              logits: list[Tensor] | None = None, norm: nn.Module | None = None,
+              head: nn.Module | None = None, error_dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
     """``(g [B, L, D], n_targets)``: the gradient of the summed next-token NLL w.r.t. the residual stream ``hidden``.
 
     Labels are shifted as the loss does (target of position t is token t+1, -100 ignored). ``chunk`` tokens at a time
@@ -126,12 +136,18 @@ def top_error(model: nn.Module, hidden: Tensor, labels: Tensor, chunk: int = 512
     ``logits``: the pieces :class:`TopCapture` kept from the forward (``[B, positions, V]`` each, in order). With
     them and a plain linear head (:func:`linear_head_weight`) the logits are not computed again: the error goes
     back through ``lm_head`` as ``∂loss/∂logits @ W`` and through the final norm by autograd, the same gradient.
+    ``norm`` / ``head``: the final norm and ``lm_head`` when the caller resolved them once (a module walk per call
+    costs tens of milliseconds on a 30-block model). ``error_dtype``: the precision of ``∂loss/∂logits @ W`` (the
+    softmax and the norm's backward stay float32).
     """
-    norm, head = final_norm(model), _lm_head(model)
+    norm = norm if norm is not None else final_norm(model)
+    head = head if head is not None else _lm_head(model)
     cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
     targets = F.pad(labels, (0, 1), value=-100)[:, 1:].to(hidden.device)
     grad = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
-    weight = linear_head_weight(model) if logits is not None else None
+    weight = _plain_weight(head) if logits is not None else None
+    if weight is not None:
+        weight = weight.detach().to(error_dtype)
     if weight is None:  # rebuild the logits from the kept residual stream, chunk by chunk
         logits = [None]
     width, start = hidden.shape[-1], 0
@@ -156,7 +172,7 @@ def top_error(model: nn.Module, hidden: Tensor, labels: Tensor, chunk: int = 512
                     (g,) = torch.autograd.grad(loss, h)
                 else:
                     err = _logit_error(l_piece[lo:hi], tgt, cap)
-                    (g,) = torch.autograd.grad(normed, h, (err @ weight.float()).to(normed.dtype))
+                    (g,) = torch.autograd.grad(normed, h, (err.to(error_dtype) @ weight).to(normed.dtype))
             g_piece[lo:hi] = g.float()
         grad[:, start:stop] = g_piece.view(hidden.shape[0], stop - start, width)
         start = stop

@@ -49,3 +49,28 @@ def test_a_head_with_a_submodule_is_not_taken_as_linear():
     model = tiny_model("llama")
     model.lm_head.add_module("hybridtune_input_transform", torch.nn.Identity())
     assert linear_head_weight(model) is None
+
+
+def test_a_bfloat16_error_gemm_stays_close_and_a_resolved_top_is_the_same():
+    """``error_dtype`` rounds only the GEMM through lm_head; ``norm`` / ``head`` passed in are the modules found."""
+    from hybridtune.learners.eprop import final_norm
+
+    model, b = tiny_model("llama"), _batch()
+    with torch.no_grad(), TopCapture(model, keep_logits=True, norm=final_norm(model),
+                                     head=model.get_output_embeddings()) as cap:
+        model_nll(model, b)
+        hidden, logits = cap.pop()
+    exact, _ = top_error(model, hidden, b["labels"], 7, logits)
+    resolved, _ = top_error(model, hidden, b["labels"], 7, logits, final_norm(model), model.get_output_embeddings())
+    rounded, _ = top_error(model, hidden, b["labels"], 7, logits, error_dtype=torch.bfloat16)
+    assert torch.equal(exact, resolved)
+    assert not torch.equal(exact, rounded)
+    rel = (rounded - exact).norm() / exact.norm()
+    assert rel < 2e-2 and torch.nn.functional.cosine_similarity(rounded.flatten(), exact.flatten(), 0) > 0.999
+
+
+def test_error_dtype_is_checked():
+    from hybridtune.learners.eprop import EpropLearner
+
+    with pytest.raises(ValueError, match="error_dtype.*float16.*bfloat16"):
+        EpropLearner(error_dtype="float16")
