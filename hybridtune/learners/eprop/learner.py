@@ -108,7 +108,8 @@ class EpropLearner(OwnsParameters):
         top_chunk: tokens per chunk of the norm + ``lm_head`` backward (bounds the logits' memory).
         error_dtype: ``float32`` (default) or ``bfloat16``: the precision of the one GEMM that takes the error back
             through ``lm_head`` (``[tokens, vocab] @ [vocab, hidden]``, most of the learner's own time on a small
-            model; bfloat16 halves it on CPUs with bf16 units, and a learning signal needs no more digits).
+            model; bfloat16 halves it on CPUs with bf16 units; on the default model the estimate's cosine with the
+            true gradient did not change in the third decimal).
     """
 
     uses_backward = False
@@ -145,6 +146,7 @@ class EpropLearner(OwnsParameters):
         self.model: nn.Module | None = None
         self.accelerator = self.optimizer = self.scheduler = None
         self._norm = self._head = None  # set by setup
+        self._keep_logits = False
         self.targets: list[FactorTarget] = []
         self._params: dict[str, nn.Parameter] = {}
         self._by_key: dict[tuple[str, str], FactorTarget] = {}
