@@ -267,7 +267,7 @@ def verdicts(rows: list[dict], base_ppl: float) -> dict:
         best = min(eprops, key=lambda r: r["ppl_mean"])
         share = (base_ppl - best["ppl_mean"]) / max(base_ppl - sur["ppl_mean"], 1e-9)
         out["eprop_drop"] = (f"{'met' if share >= TARGETS['eprop_drop_share'] else 'MISSED'}: {best['learner']} "
-                             f"drop {base_ppl - best['ppl_mean']:.3f} = {100 * share:.0f} % of surrogate's "
+                             f"drop {base_ppl - best['ppl_mean']:.3f} = {100 * share:.2f} % of surrogate's "
                              f"{base_ppl - sur['ppl_mean']:.3f} (target >= 40 %)")
         top = by.get("surrogate_top")
         if top is not None:  # not a target: how much of what backprop reaches on the same blocks eprop reaches
