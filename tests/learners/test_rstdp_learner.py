@@ -437,3 +437,23 @@ def test_top_blocks_perturbs_and_trains_only_the_top_blocks():
         assert torch.equal(p, before[n]) == (".layers.0." in n), n
     with pytest.raises(ValueError, match="top_blocks"):
         RSTDPLearner(top_blocks=0)
+
+
+@pytest.mark.parametrize("sigma_bottleneck, sigma_output, moved", [(0.0, 0.2, {"lora_B"}),
+                                                                    (1.0, 0.0, {"lora_A", "log_threshold"})])
+def test_a_factor_without_noise_is_owned_but_not_learned(sigma_bottleneck, sigma_output, moved):
+    """The antithetic estimator has nothing for a factor whose nodes carry no noise (nor ever for LIF decays):
+    learning_parameters() leaves it out, so gradient_alignment does not count its zero update against the rule."""
+    model = spiking(targets=("v_proj", "down_proj"))
+    learner = RSTDPLearner(params="all", lr=1.0, pairs=2, sigma_bottleneck=sigma_bottleneck,
+                           sigma_output=sigma_output, max_update_norm=None)
+    owned = setup(learner, model, "lora_")
+    kind = {n: next(k for k in ("lora_A", "lora_B", "log_threshold", "decay_logit") if k in n) for n in owned}
+    assert {kind[n] for n in learner.learning_parameters()} == moved
+    before = {n: p.detach().clone() for n, p in owned.items()}
+    observe(learner, model, masked_batch())
+    assert learner.step()
+    for n, p in owned.items():
+        assert torch.equal(p, before[n]) == (n not in learner.learning_parameters()), n
+    with pytest.raises(ValueError, match="none of its parameters gets an estimate"):
+        setup(RSTDPLearner(params="lora_B", sigma_bottleneck=1.0, sigma_output=0.0), spiking(), "lora_B")

@@ -137,6 +137,17 @@ def reward_row_weights(signal: RewardSignal, baseline: Tensor, gamma: float, val
     return sequence_reward_weights(adv, length, gamma, mask=valid, reset=reset), adv
 
 
+def _antithetic_roles(sigma_bottleneck: float, sigma_output: float, homeostasis: bool) -> set[str]:
+    """The roles the antithetic estimator moves: ``A`` and ``threshold`` with bottleneck noise, ``B`` with output
+    noise, ``threshold`` also under homeostasis; LIF decays never (it has no estimate for them)."""
+    roles = {"A", "threshold"} if sigma_bottleneck > 0 else set()
+    if sigma_output > 0:
+        roles.add("B")
+    if homeostasis:
+        roles.add("threshold")
+    return roles
+
+
 @dataclass
 class _Batch:
     weights: Tensor  # [B, L] row weights
@@ -205,6 +216,13 @@ class RSTDPLearner(PlasticLearner):
                              f"to learn; raise top_blocks or set it to None")
         # the adapters below the top blocks are neither perturbed, recorded nor updated
         self.targets = [t for t in self.targets if any(n in self._learning for n in t.roles.values())]
+        if self.estimator == "antithetic":  # a role whose nodes carry no noise gets no estimate: owned, never moved
+            moved = _antithetic_roles(self.sigma_bottleneck, self.sigma_output, self.target_rate is not None)
+            self._learning -= {n for t in self.targets for role, n in t.roles.items() if role not in moved}
+            if not self._learning:
+                raise ValueError(f"learner {self.name!r}: with sigma_bottleneck={self.sigma_bottleneck} and "
+                                 f"sigma_output={self.sigma_output} none of its parameters gets an estimate; "
+                                 "give the noise to a factor it owns (bottleneck: lora_A / thresholds, output: lora_B)")
         self._by_key = {t.key: t for t in self.targets}
         self.baseline.setup(ctx.model)
         if self.escape:
