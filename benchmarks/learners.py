@@ -18,8 +18,9 @@ python-docs blocks for the same number of optimizer steps (same token budget), t
   the top ``--eprop-top-blocks`` blocks learn (the learner's default, 6; ``all`` for every block); AdamW with
   ``--eprop-eps`` (1e-3: a coordinate whose estimate is small moves less than ``lr``);
 * ``mix_stdp_surrogate`` -- STDP on ``lora_A``, surrogate on ``lora_B`` and the neurons;
-* ``mix_rstdp_surrogate`` -- R-STDP on ``lora_A`` / ``lora_B``, surrogate on the neurons' thresholds / decays
-  (opt-in with ``--variants``: it pays for a backward pass and the escape noise and learns little);
+* ``mix_rstdp_surrogate`` -- R-STDP on ``lora_A`` / ``lora_B`` (with the default ``--sigma-bottleneck 0`` it moves
+  only ``lora_B``), surrogate on the neurons' thresholds / decays (opt-in with ``--variants``: it pays for a backward
+  pass and learns little);
 * ``lora_ann`` -- plain peft LoRA on the unconverted ANN with the surrogate's optimizer (the outer yardstick; its
   perplexity is on the ANN, so it is not a ratio partner).
 
@@ -341,7 +342,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--init-b-std", type=float, default=0.002)
     p.add_argument("--lr", type=float, default=1e-3, help="surrogate / peft LoRA learning rate (AdamW)")
     p.add_argument("--stdp-lr", type=float, default=1e-4)
-    # top 2 blocks, perturb separately, gamma 0, clip 0.05 (seed 0): lr 0.1 -> 26.47, 1.0 -> 26.56 (start 26.41)
+    # top 2 blocks, both factors, sigma_output 0.01, 1 pair each, clip 0.05 (seed 0, start 26.41): lr 0.1 -> 26.47,
+    # 1.0 -> 26.56; every step hits the clip, so the step length is clip-bound at either lr
     p.add_argument("--rstdp-lr", type=float, default=0.1)
     # measured (seed 0, this budget, one_hop, top 6 blocks, base_ppl 26.13, AdamW eps 1e-8): without gate_proj
     # lr 1e-3 -> 23.32, 3e-3 -> 22.99; with it 1e-3 -> 22.80, 3e-3 -> 22.56

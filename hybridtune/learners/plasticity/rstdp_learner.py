@@ -231,7 +231,8 @@ class RSTDPLearner(PlasticLearner):
                     self.beta[target_key(t)] = (1.0 / (self.temperature * t.threshold().float())).cpu()
 
     def learning_parameters(self) -> dict[str, torch.nn.Parameter]:
-        """The owned parameters within ``top_blocks`` (all of them when it is None)."""
+        """The owned parameters within ``top_blocks`` (all of them when it is None) that the estimator moves (the
+        antithetic one: not a factor whose nodes carry no noise, nor LIF decays)."""
         return {n: p for n, p in self._params.items() if n in self._learning}
 
     def _check_target(self, target: FactorTarget) -> None:
