@@ -121,8 +121,9 @@ def main(argv: list[str] | None = None) -> dict:
         "definitions": {"sigma": "noise scale: bottleneck in units of its threshold, output absolute",
                         "cosine": "mean over batches of the cosine between the estimate of the judged group "
                                   "(bottleneck: lora_A, output: lora_B) and the true negative gradient",
-                        "cosine_all": "the same over every parameter the learner updates (the other factor's "
-                                      "estimate is zero in these settings)",
+                        "cosine_all": "the same over every parameter the learner updates (the judged group, "
+                                      "plus the thresholds for the bottleneck: a factor without noise is not "
+                                      "among them)",
                         "units_per_token": "perturbed units per token, summed over the perturbed layers",
                         "forwards": "forwards per estimate: the trainer's own and 2 per antithetic pair"},
         "rows": rows, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
