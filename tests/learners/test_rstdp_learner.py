@@ -457,3 +457,34 @@ def test_a_factor_without_noise_is_owned_but_not_learned(sigma_bottleneck, sigma
         assert torch.equal(p, before[n]) == (n not in learner.learning_parameters()), n
     with pytest.raises(ValueError, match="none of its parameters gets an estimate"):
         setup(RSTDPLearner(params="lora_B", sigma_bottleneck=1.0, sigma_output=0.0), spiking(), "lora_B")
+
+
+@pytest.mark.parametrize("top_blocks", [1, None])
+def test_tail_forwards_give_the_update_of_whole_model_forwards(top_blocks):
+    """The perturbed forwards re-run only the blocks from the lowest perturbed one (tail_forwards, the default): the
+    same losses as whole-model forwards, so the same update, with padding and document starts in the batch."""
+    updated = {}
+    for tail in (True, False):
+        model = spiking(targets=("v_proj", "down_proj"))  # the same seeded model each time
+        learner = RSTDPLearner(params="lora_", lr=1.0, pairs=2, sigma_bottleneck=1.0, sigma_output=0.05,
+                               top_blocks=top_blocks, tail_forwards=tail, max_update_norm=None)
+        owned = setup(learner, model, "lora_")
+        before = {n: p.detach().clone() for n, p in owned.items()}
+        observe(learner, model, masked_batch())
+        assert learner.step()
+        updated[tail] = {n: p.detach() - before[n] for n, p in owned.items()}
+        blocks = learner.metrics()["blocks_per_perturbed_forward"]
+        assert blocks == (1 if tail and top_blocks == 1 else 2)
+    assert any(float(d.abs().max()) > 0 for d in updated[True].values())
+    for n, d in updated[True].items():
+        torch.testing.assert_close(d, updated[False][n], rtol=0, atol=0, msg=n)
+
+
+def test_tail_forwards_need_every_perturbed_adapter_inside_a_block():
+    def model():
+        return get_spiking_peft_model(tiny_model("llama"), spiking_lora_config(
+            r=4, neuron="lif", threshold=0.02, init_b_std=0.05, target_modules=["v_proj", "lm_head"]))
+
+    with pytest.raises(ValueError, match="lm_head is not; set tail_forwards: false"):
+        setup(RSTDPLearner(params="lora_", pairs=1), model(), "lora_")
+    setup(RSTDPLearner(params="lora_", pairs=1, tail_forwards=False), model(), "lora_")

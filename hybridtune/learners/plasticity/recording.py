@@ -130,10 +130,12 @@ class EscapeNoise:
 
 @dataclass
 class PlasticRecording:
-    """What a plastic learner's ``recording(model)`` yields: the spike recorder and, in escape mode, the noise."""
+    """What a plastic learner's ``recording(model)`` yields: the spike recorder and, in escape mode, the noise; for
+    ``rstdp``'s antithetic estimator, the tail blocks' call arguments (:class:`~hybridtune.learners.tail.TailCapture`)."""
 
     recorder: Any
     noise: EscapeNoise | None = None
+    tail: Any = None
     stack: list = field(default_factory=list)
 
     def pop(self) -> list:
@@ -143,9 +145,10 @@ class PlasticRecording:
         try:
             self.recorder.__enter__()
             self.stack.append(self.recorder)
-            if self.noise is not None:
-                self.noise.__enter__()
-                self.stack.append(self.noise)
+            for part in (self.noise, self.tail):
+                if part is not None:
+                    part.__enter__()
+                    self.stack.append(part)
         except Exception:
             self.__exit__(None, None, None)  # a failed entry detaches what was attached
             raise

@@ -10,7 +10,10 @@ Two estimators (``estimator``):
   its variance grows with the number of perturbed units, so two options cut that number: ``top_blocks`` perturbs
   and trains only the adapters of the top blocks (:mod:`hybridtune.learners.depth`), and ``perturb: separately``
   gives the bottleneck and the output their own pairs (``4 · pairs`` forwards) -- perturbed together, the output's
-  thousands of units swamp the loss difference that the bottleneck's few should explain.
+  thousands of units swamp the loss difference that the bottleneck's few should explain. The perturbed forwards
+  re-run only the blocks from the lowest perturbed one upward (``tail_forwards``, :mod:`hybridtune.learners.tail`):
+  the blocks below compute what the clean forward computed, so with ``top_blocks: 2`` of 30 a perturbed forward
+  costs two blocks, the final norm and ``lm_head``.
 * ``stdp`` — the reward-gated STDP rule below (with ``escape: true`` a REINFORCE estimate for ``lora_A``).
 
 Eligibility ``e[t] = γ e[t-1] + z[t]`` (``z`` = the pair-STDP term of :mod:`.stdp`) gated by reward minus baseline.
@@ -66,7 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hybridtune.learners.baselines import BASELINES, make_baseline
-from hybridtune.learners.depth import count_blocks, depth_weights
+from hybridtune.learners.depth import block_index, count_blocks, depth_weights
 from hybridtune.learners.escape import escape_scores
 from hybridtune.learners.narrow import reverse_trace
 from hybridtune.learners.plasticity import dense_reward_weights, sequence_reward_weights, trace_scan
@@ -75,6 +78,7 @@ from hybridtune.learners.plasticity.perturbation import antithetic_credit, node_
 from hybridtune.learners.plasticity.targets import FactorTarget
 from hybridtune.learners.protocol import Observation, ParamSpec, SetupContext
 from hybridtune.learners.rewards import RewardSignal, make_reward
+from hybridtune.learners.tail import TailCapture, decoder_blocks
 
 __all__ = ["RSTDPLearner", "reward_row_weights", "leaky_scan", "ESTIMATORS"]
 
@@ -169,6 +173,8 @@ class RSTDPLearner(PlasticLearner):
             ``lora_A`` and thresholds; temperature: noise scale in units of the initial threshold.
         top_blocks: only the adapters of the top ``top_blocks`` decoder blocks are perturbed and learn (None: all).
         perturb: ``together`` (one pair of forwards perturbs bottleneck and output) or ``separately`` (a pair each).
+        tail_forwards: the perturbed forwards re-run only the blocks from the lowest perturbed one upward, on the
+            arguments the clean forward gave them (the same logits; ``false``: whole-model forwards).
     """
 
     def __init__(self, params: ParamSpec = "all", lr: float = 1e-3, *, estimator: str = "antithetic", pairs: int = 1,
@@ -176,7 +182,7 @@ class RSTDPLearner(PlasticLearner):
                  baseline: str = "ema", baseline_momentum: float = 0.9, leave_one_out: bool = True,
                  gamma: float = 0.9, reset_eligibility: bool = True, normalize_advantage: bool = False,
                  escape: bool = False, temperature: float = 0.5, top_blocks: int | None = None,
-                 perturb: str = "together", name: str = "rstdp", **options: Any):
+                 perturb: str = "together", tail_forwards: bool = True, name: str = "rstdp", **options: Any):
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"gamma: must be in [0, 1] (got {gamma})")
         if not temperature > 0:
@@ -197,7 +203,8 @@ class RSTDPLearner(PlasticLearner):
                              f"{sigma_bottleneck}, {sigma_output})")
         super().__init__(params, lr, name=name, **options)
         self.estimator, self.pairs = estimator, int(pairs)
-        self.top_blocks, self.perturb = top_blocks, perturb
+        self.top_blocks, self.perturb, self.tail_forwards = top_blocks, perturb, bool(tail_forwards)
+        self._tail: tuple | None = None  # (first block, blocks, final norm, lm_head) when tail_forwards applies
         self.sigma_bottleneck, self.sigma_output = float(sigma_bottleneck), float(sigma_output)
         self.model = None
         self.reward = make_reward(reward, tokenizer)
@@ -224,11 +231,30 @@ class RSTDPLearner(PlasticLearner):
                                  f"sigma_output={self.sigma_output} none of its parameters gets an estimate; "
                                  "give the noise to a factor it owns (bottleneck: lora_A / thresholds, output: lora_B)")
         self._by_key = {t.key: t for t in self.targets}
+        if self.estimator == "antithetic" and self.tail_forwards:
+            self._tail = self._tail_of(ctx.model)
         self.baseline.setup(ctx.model)
         if self.escape:
             for t in self.targets:
                 if self._noisy(t):  # noise scale fixed from the initial threshold (the policy's β stays put)
                     self.beta[target_key(t)] = (1.0 / (self.temperature * t.threshold().float())).cpu()
+
+    def _tail_of(self, model: torch.nn.Module) -> tuple:
+        """The lowest block holding a perturbed adapter, and the modules a tail replay runs (resolved once)."""
+        from hybridtune.learners.eprop.top import _lm_head, final_norm
+
+        indices = [block_index(t.layer) for t in self.targets]
+        if any(i is None for i in indices):
+            outside = sorted(t.layer for t, i in zip(self.targets, indices) if i is None)
+            raise ValueError(f"learner {self.name!r}: tail_forwards needs every perturbed adapter inside a numbered "
+                             f"decoder block, and {', '.join(outside)} is not; set tail_forwards: false")
+        return min(indices), decoder_blocks(model), final_norm(model), _lm_head(model)
+
+    def recording(self, model: torch.nn.Module):
+        rec = super().recording(model)
+        if self._tail is not None:
+            rec.tail = TailCapture(model, *self._tail)
+        return rec
 
     def learning_parameters(self) -> dict[str, torch.nn.Parameter]:
         """The owned parameters within ``top_blocks`` (all of them when it is None) that the estimator moves (the
@@ -249,13 +275,16 @@ class RSTDPLearner(PlasticLearner):
             return super().observe(obs)
         start = time.perf_counter()
         records = {(r.layer, r.adapter): r for r in obs.recording.pop()}
-        self._antithetic(obs.batch, records)
+        tail = obs.recording.tail
+        self._antithetic(obs.batch, records, tail, tail.pop() if tail is not None else None)
         obs.recording.recorder.clear()  # the perturbed forwards were recorded too; their records are not needed
         self._micro += 1
         self._observe_s += time.perf_counter() - start
 
-    def _antithetic(self, batch: Mapping[str, Tensor], records: dict) -> None:
-        """Node perturbation with antithetic pairs (see :mod:`.perturbation`); accumulates ascent updates."""
+    def _antithetic(self, batch: Mapping[str, Tensor], records: dict, tail: TailCapture | None = None,
+                    call: Any = None) -> None:
+        """Node perturbation with antithetic pairs (see :mod:`.perturbation`); accumulates ascent updates. With a
+        tail capture and its call, each perturbed forward re-runs only the tail blocks."""
         from hybridtune.adapters import reset_mask
         from hybridtune.neurons import reset_state
         from hybridtune.perplexity import causal_lm_nll
@@ -280,7 +309,10 @@ class RSTDPLearner(PlasticLearner):
             for sign in (1.0, -1.0):
                 with torch.no_grad(), perturbed(self.targets, sig_h, sig_o, seed, pair, sign):
                     reset_state(self.model)
-                    nll, _ = causal_lm_nll(self.model(**kwargs).logits, batch["labels"])
+                    logits = (tail.replay(call, attn, batch.get("doc_start")) if call is not None
+                              else self.model(**kwargs).logits)
+                    nll, _ = causal_lm_nll(logits, batch["labels"])
+                    del logits  # [B, L, vocab]: not alive during the next forward
                 losses.append(F.pad(nll.float(), (0, 1)))
             half = antithetic_credit(losses[0], losses[1], 1.0, self.gamma, reset=reset.to(nll.device),
                                      mask=valid.to(nll.device))  # Σ γ (ℓ⁺ − ℓ⁻) / 2; divided by σ per node below
@@ -413,7 +445,9 @@ class RSTDPLearner(PlasticLearner):
         n = max(m.get("n", 0.0), 1.0)
         if m and self.estimator == "antithetic":  # reward: the loss drop of the − draw against the + draw
             metrics.update({"reward_diff/mean": m["reward"] / n, "reward_diff/rms": (m["adv_sq"] / n) ** 0.5,
-                            "forwards_per_update": m.get("forwards", 0.0)})
+                            "forwards_per_update": m.get("forwards", 0.0),
+                            "blocks_per_perturbed_forward": float(len(self._tail[1]) - self._tail[0] if self._tail
+                                                                  else count_blocks(self.model))})
         elif m:
             metrics.update({"reward": m["reward"] / n, "baseline": m["baseline"] / n, "advantage/mean": m["adv"] / n,
                             "advantage/std": (m["adv_sq"] / n) ** 0.5})
