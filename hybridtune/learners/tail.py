@@ -87,7 +87,7 @@ class TailCapture:
 
     def __init__(self, model: nn.Module, first: int, blocks: list[nn.Module] | None = None,
                  norm: nn.Module | None = None, head: nn.Module | None = None):
-        from hybridtune.learners.eprop.top import _lm_head, final_norm
+        from hybridtune.learners.eprop.top import final_norm, output_head
 
         self.model = model
         self.blocks = blocks if blocks is not None else decoder_blocks(model)
@@ -95,7 +95,7 @@ class TailCapture:
             raise ValueError(f"first: block {first} is not one of the model's {len(self.blocks)} blocks")
         self.first = first
         self.norm = norm if norm is not None else final_norm(model)
-        self.head = head if head is not None else _lm_head(model)
+        self.head = head if head is not None else output_head(model)
         self.softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
         self._calls: list[TailCall] = []
         self._open: TailCall | None = None

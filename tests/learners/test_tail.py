@@ -42,18 +42,12 @@ def logits_and_replay(model, batch, first):
     return logits, replayed
 
 
+@pytest.mark.parametrize("spiking", [False, True], ids=["plain", "spiking"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_replay_equals_the_model_call_on_plain_models(family):
-    model, batch = tiny_model(family), tiny_batch()
-    for first in range(len(decoder_blocks(model))):
-        logits, replayed = logits_and_replay(model, batch, first)
-        assert torch.equal(logits, replayed), (family, first)
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_replay_equals_the_model_call_on_spiking_bases_with_lif_adapters(family):
-    """Converted base, LIF adapters (state reset at padding and document starts): the replay sees the same resets."""
-    model, batch = spiking_model(family), padded_batch()
+def test_replay_equals_the_model_call_from_every_block(family, spiking):
+    """Plain models, and converted bases with LIF adapters (state reset at padding and document starts, so the replay
+    must see the same resets), from every block."""
+    model, batch = (spiking_model(family), padded_batch()) if spiking else (tiny_model(family), tiny_batch())
     for first in range(len(decoder_blocks(model))):
         logits, replayed = logits_and_replay(model, batch, first)
         assert torch.equal(logits, replayed), (family, first)

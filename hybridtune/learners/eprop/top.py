@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["TopCapture", "final_norm", "linear_head_weight", "top_error", "ERROR_DTYPES"]
+__all__ = ["TopCapture", "final_norm", "output_head", "linear_head_weight", "top_error", "ERROR_DTYPES"]
 
 ERROR_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -45,7 +45,8 @@ def final_norm(model: nn.Module) -> nn.Module:
     return found[-1]
 
 
-def _lm_head(model: nn.Module) -> nn.Module:
+def output_head(model: nn.Module) -> nn.Module:
+    """The model's ``lm_head`` (its output embeddings); ValueError for a model without one."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None:
         raise ValueError(f"{type(model).__name__} has no output embeddings (lm_head); eprop needs a causal LM")
@@ -91,7 +92,7 @@ class TopCapture:
         norm = self.norm if self.norm is not None else final_norm(self.model)
         self._handles = [norm.register_forward_hook(self._norm_hook)]
         if self.keep_logits:
-            head = self.head if self.head is not None else _lm_head(self.model)
+            head = self.head if self.head is not None else output_head(self.model)
             self._handles.append(head.register_forward_hook(self._head_hook))
         return self
 
@@ -141,7 +142,7 @@ def top_error(model: nn.Module, hidden: Tensor, labels: Tensor, chunk: int = 512
     softmax and the norm's backward stay float32).
     """
     norm = norm if norm is not None else final_norm(model)
-    head = head if head is not None else _lm_head(model)
+    head = head if head is not None else output_head(model)
     cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
     targets = F.pad(labels, (0, 1), value=-100)[:, 1:].to(hidden.device)
     grad = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)

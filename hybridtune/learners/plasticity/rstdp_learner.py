@@ -241,14 +241,14 @@ class RSTDPLearner(PlasticLearner):
 
     def _tail_of(self, model: torch.nn.Module) -> tuple:
         """The lowest block holding a perturbed adapter, and the modules a tail replay runs (resolved once)."""
-        from hybridtune.learners.eprop.top import _lm_head, final_norm
+        from hybridtune.learners.eprop.top import final_norm, output_head
 
         indices = [block_index(t.layer) for t in self.targets]
         if any(i is None for i in indices):
             outside = sorted(t.layer for t, i in zip(self.targets, indices) if i is None)
             raise ValueError(f"learner {self.name!r}: tail_forwards needs every perturbed adapter inside a numbered "
                              f"decoder block, and {', '.join(outside)} is not; set tail_forwards: false")
-        return min(indices), decoder_blocks(model), final_norm(model), _lm_head(model)
+        return min(indices), decoder_blocks(model), final_norm(model), output_head(model)
 
     def recording(self, model: torch.nn.Module):
         rec = super().recording(model)
