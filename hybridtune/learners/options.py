@@ -93,6 +93,7 @@ class RSTDPOptions(PlasticOptions):
     temperature: float = 0.5
     top_blocks: int | None = None  # only the top blocks' adapters are perturbed and learn (None: all)
     perturb: Literal["together", "separately"] = "together"  # bottleneck and output noise in one pair or a pair each
+    tail_forwards: bool = True  # perturbed forwards re-run only the blocks from the lowest perturbed one upward
 
 
 @dataclass
