@@ -26,18 +26,17 @@ Example:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["TailCapture", "TailCall", "decoder_blocks"]
+from hybridtune.learners.depth import block_index
 
-_BLOCK_NAME = re.compile(r"^(?P<parent>(?:.*\.)?(?:layers|h|blocks))\.(?P<index>\d+)$")
+__all__ = ["TailCapture", "TailCall", "decoder_blocks"]
 
 
 def decoder_blocks(model: nn.Module) -> list[nn.Module]:
@@ -47,9 +46,9 @@ def decoder_blocks(model: nn.Module) -> list[nn.Module]:
     """
     groups: dict[str, dict[int, nn.Module]] = {}
     for name, module in model.named_modules():
-        found = _BLOCK_NAME.match(name)
-        if found:
-            groups.setdefault(found["parent"], {})[int(found["index"])] = module
+        parent, _, last = name.rpartition(".")
+        if last.isdigit() and block_index(name) == int(last):  # the block itself, not a module inside it
+            groups.setdefault(parent, {})[int(last)] = module
     if len(groups) != 1:
         what = "no" if not groups else f"{len(groups)} containers of ({', '.join(sorted(groups))})"
         raise ValueError(f"{type(model).__name__}: found {what} numbered decoder blocks (modules named layers.N, h.N "
@@ -152,7 +151,7 @@ class TailCapture:
         hidden = call.hidden
         steps = hidden.shape[1]
         context = (sequence_context(self.model, attention_mask, doc_start, steps=steps)
-                   if attention_mask is not None or doc_start is not None else _nothing())
+                   if attention_mask is not None or doc_start is not None else nullcontext())
         with self._not_capturing(), context:
             for block, (args, kwargs) in zip(self.blocks[call.first:], call.calls):
                 if args:
@@ -165,7 +164,3 @@ class TailCapture:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield

@@ -49,7 +49,7 @@ def output_head(model: nn.Module) -> nn.Module:
     """The model's ``lm_head`` (its output embeddings); ValueError for a model without one."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None:
-        raise ValueError(f"{type(model).__name__} has no output embeddings (lm_head); eprop needs a causal LM")
+        raise ValueError(f"{type(model).__name__} has no output embeddings (lm_head); eprop and rstdp's tail forwards need a causal LM")
     return head
 
 
