@@ -1,7 +1,7 @@
 """Recovering a replaced softmax on the default model: writes ``benchmarks/results/recovery.json``.
 
-For each recoverable softmax replacement (``relu_sum``, ``relu_count``, ``sigmoid``, ``relu_knots``), with norms kept and with
-norms covered too (realised as threshold adaptation): convert the default model (FFN activations + all linear inputs
+For each recoverable softmax replacement (``relu_sum``, ``relu_count``, ``sigmoid``, ``relu_knots``,
+``relu_knots_max``), with norms kept and with norms covered too (realised as threshold adaptation): convert the default model (FFN activations + all linear inputs
 + attention, graded base-2 spikes at T = 1, dynamic mean|v| / 8, expectation compensation: the default conversion plus
 ``attention`` [and ``norms``]), then measure the perplexity ratio to the ANN (pooled over the held-out eval splits of
 python-docs and python-code) before recovery, after stage 1 (attention transfer: only the replacement's per-head
@@ -42,7 +42,7 @@ from hybridtune.trainers.loop import Trainer
 from hybridtune.trainers.sampler import BlockSampler, select
 
 DOMAINS = ("python-docs", "python-code")
-REPLACEMENTS = ("relu_sum", "relu_count", "sigmoid", "relu_knots")
+REPLACEMENTS = ("relu_sum", "relu_count", "sigmoid", "relu_knots", "relu_knots_max")
 ATTENTION = ("ffn_act", "linear_inputs", "attention")
 SETTINGS = {"norms_kept": ATTENTION, "norms_covered": (*ATTENTION, "norms")}
 # --quick: every replacement with norms kept, and the running-sum one with norms covered too

@@ -33,8 +33,8 @@ DYNAMIC_MODES = ("mean_abs", "rms")
 STATIC_MODES = ("mean_abs", "rms", "max_abs")
 COUNTINGS = ("unary", "base2")
 GRANULARITIES = ("channel", "tensor")
-SOFTMAX = ("keep", "nrelu", "spike", "relu_count", "relu_sum", "sigmoid", "relu_knots")
-RECOVERABLE_SOFTMAX = ("relu_count", "relu_sum", "sigmoid", "relu_knots")  # with per-head parameters the recovery stage trains
+SOFTMAX = ("keep", "nrelu", "spike", "relu_count", "relu_sum", "sigmoid", "relu_knots", "relu_knots_max")
+RECOVERABLE_SOFTMAX = ("relu_count", "relu_sum", "sigmoid", "relu_knots", "relu_knots_max")  # with per-head parameters the recovery stage trains
 NORMS = ("keep", "threshold")
 KEY = "conversion"
 DEFAULT_PHASES = 8  # K = 8: 1.015x the ANN at 1.75 spikes per neuron on the default model (conversion_clip_free.json)
@@ -92,8 +92,9 @@ class ConversionConfig:
             ``"spike"`` (normalisation-free: ``relu(s) / n_visible``, the spike-driven self-attention form), or one
             of the recoverable replacements with per-head parameters trained by the run config's ``recovery``
             stage: ``"relu_count"`` (``g relu(tau s + b) / n_visible``), ``"relu_sum"`` (``relu(tau s + b)`` over its
-            row sum), ``"sigmoid"`` (``sigmoid(tau s + b - log n_visible)``) or ``"relu_knots"`` (8 learnable
-            thresholds and weights per head, ``sum_m a_m relu(s - c_m)`` over its row sum); see
+            row sum), ``"sigmoid"`` (``sigmoid(tau s + b - log n_visible)``), ``"relu_knots"`` (8 learnable
+            thresholds and weights per head, ``sum_m a_m relu(s - c_m)`` over its row sum) or ``"relu_knots_max"``
+            (the same on ``s`` minus the row's largest visible score: shift-invariant like softmax); see
             ``hybridtune.conversion.attention``.
         norms: how a covered norm is realised: ``"threshold"`` (the only way; it acts only with ``norms`` in the
             coverage); ``"keep"`` with ``norms`` in the coverage is a contradiction.
@@ -117,7 +118,8 @@ class ConversionConfig:
     threshold_granularity: Literal["channel", "tensor"] = "channel"
     threshold_group: int | None = None
     compensation: bool = True
-    softmax: Literal["keep", "nrelu", "spike", "relu_count", "relu_sum", "sigmoid", "relu_knots"] = "keep"
+    softmax: Literal["keep", "nrelu", "spike", "relu_count", "relu_sum", "sigmoid", "relu_knots",
+                     "relu_knots_max"] = "keep"
     norms: Literal["keep", "threshold"] = "threshold"
     attention_divisor: float | None = None
     calib_data: str | None = "python-docs"

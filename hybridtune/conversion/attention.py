@@ -23,7 +23,13 @@ weights. The strategies:
   ``sum exp(s)`` is ``n``;
 - ``relu_knots`` (recoverable): ``f(s) / sum f(s)`` with ``f(s) = sum_m a_hm relu(s - c_hm)``, 8 learnable
   thresholds and weights per head (a multi-threshold neuron on the score), started as the piecewise-linear
-  interpolant of ``exp``.
+  interpolant of ``exp``;
+- ``relu_knots_max`` (recoverable): the same ``f`` on ``s - max_visible s``, shift-invariant like softmax, started as
+  the interpolant of ``exp`` on ``[-7, 0]`` (no fit needed).
+
+With ``clip_free`` among the conversion's outlier strategies, the q and P encoders' thresholds are floored like
+every other dynamic threshold (``max / (2**K - 1)``), so a bounded count never clips a row's largest entry: a peaky
+probability row (one key taking most of the weight among hundreds) would otherwise saturate at the bound.
 
 A recoverable strategy owns a few per-head parameters (``tau``, ``b`` and for ``relu_count`` ``g``), registered on the
 :class:`SpikingAttention` module (``hybridtune_attention.params.*``), frozen after conversion; the recovery stage
@@ -37,9 +43,9 @@ Example:
     >>> fn.__name__
     'spiking_attention_forward'
     >>> sorted(NORMALISATIONS)
-    ['keep', 'nrelu', 'relu_count', 'relu_knots', 'relu_sum', 'sigmoid', 'spike']
+    ['keep', 'nrelu', 'relu_count', 'relu_knots', 'relu_knots_max', 'relu_sum', 'sigmoid', 'spike']
     >>> [n for n in NORMALISATIONS if NORMALISATIONS[n].recoverable]
-    ['relu_count', 'relu_sum', 'sigmoid', 'relu_knots']
+    ['relu_count', 'relu_sum', 'sigmoid', 'relu_knots', 'relu_knots_max']
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from hybridtune.neurons import SpikeStats
+from hybridtune.neurons import ClipFreeThreshold, SpikeStats
 from hybridtune.neurons.stats import recomputing
 
 ATTN_IMPLEMENTATION = "hybridtune_spiking"
@@ -229,17 +235,62 @@ class LearnedKnots:
         return _exp_knots(offset, self.knots)
 
     def probabilities(self, scores, visible, n_visible, params):
-        knots = params["knots"].to(scores.dtype)
-        slopes = params["log_slope"].exp().to(scores.dtype)
-        f = torch.zeros_like(scores)
-        for m in range(knots.shape[1]):  # one threshold at a time: no [B, H, Lq, Lk, M] tensor
-            f = f + slopes[:, m, None, None] * torch.relu(scores - knots[:, m, None, None])
-        return _row_normalised(_masked(f, visible))
+        return _row_normalised(_masked(_knot_sum(scores, params), visible))
+
+
+def _knot_sum(x: Tensor, params: nn.ParameterDict) -> Tensor:
+    """``f(x) = sum_m a_hm relu(x - c_hm)`` per head, one threshold at a time (no ``[B, H, Lq, Lk, M]`` tensor)."""
+    knots = params["knots"].to(x.dtype)
+    slopes = params["log_slope"].exp().to(x.dtype)
+    f = torch.zeros_like(x)
+    for m in range(knots.shape[1]):
+        f = f + slopes[:, m, None, None] * torch.relu(x - knots[:, m, None, None])
+    return f
+
+
+def _below_max_knots(heads: int, knots: int, lowest: float = -7.0) -> dict[str, Tensor]:
+    """Knots at ``knots`` of the ``knots + 1`` evenly spaced points from ``lowest`` to 0 (all but 0), slopes the
+    secants of ``exp`` between neighbours: ``f`` interpolates ``exp`` on ``[lowest, 0]`` (exact at every point but
+    the first, where it is 0 instead of ``e^lowest``) and is 0 below."""
+    points = torch.linspace(lowest, 0.0, knots + 1, dtype=torch.float64)
+    secants = (points[1:].exp() - points[:-1].exp()) / (points[1:] - points[:-1])
+    increments = torch.cat([secants[:1], secants[1:] - secants[:-1]])  # convex: every increment is positive
+    return {"knots": points[:-1].float().expand(heads, knots).clone(),
+            "log_slope": increments.log().float().expand(heads, knots).clone()}
+
+
+class MaxShiftedKnots(LearnedKnots):
+    """``f(s - m) / sum_visible f(s - m)``, ``m`` the row's largest visible score: ``relu_knots`` made shift-invariant.
+
+    Softmax does not change when a row's scores move together; a fixed ``f`` does, and rows whose scores sit far
+    above or below its knots (attention sinks above all) are what ``relu_knots`` cannot follow. Shifting by the row
+    max, as a numerically stable softmax does, puts every row's top score at 0, so ``f`` only needs to follow ``exp``
+    on ``[-7, 0]``: it starts as that interpolant and needs no fit. As a neuron: each knot is a threshold ``m + c_hm``
+    set per row by its largest input (a winner-take-all reference), which stays float with the row sum.
+    """
+
+    name = "relu_knots_max"
+    float_note = ("attention normalisation (relu_knots_max: the row max, per score 8 thresholds above it, 8 weighted "
+                  "terms, the row sum and one division; 16 float parameters per head)")
+    float_cost = (9.0, 10.0)  # relu_knots' and one comparison per score for the row max
+
+    def initial_parameters(self, heads: int) -> dict[str, Tensor]:
+        return _below_max_knots(heads, self.knots)
+
+    def fitted_parameters(self, offset: Tensor) -> dict[str, Tensor]:
+        return self.initial_parameters(offset.shape[0])  # shift-invariant: a row's log-partition offset is moot
+
+    def probabilities(self, scores, visible, n_visible, params):
+        with torch.no_grad():  # the reference, like a dynamic threshold: not a path for gradients
+            masked = scores if visible is None else scores.masked_fill(~visible, float("-inf"))
+            top = masked.amax(-1, keepdim=True)
+            top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # fully masked rows
+        return _row_normalised(_masked(_knot_sum(scores - top, params), visible))
 
 
 NORMALISATIONS: dict[str, Normalisation] = {s.name: s for s in (Softmax(), NormalisedRelu(), CountNormalisedRelu(),
                                                                  LearnedCountRelu(), LearnedSumRelu(),
-                                                                 SigmoidGate(), LearnedKnots())}
+                                                                 SigmoidGate(), LearnedKnots(), MaxShiftedKnots())}
 SOFTMAX_MODES = tuple(NORMALISATIONS)
 RECOVERABLE = tuple(name for name, s in NORMALISATIONS.items() if s.recoverable)
 
@@ -437,16 +488,23 @@ def spiking_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
 
 
 def _quantize_rows(encoder: nn.Module, probs: Tensor, visible: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Graded counts of attention rows with theta = mean over the *visible* entries / divisor.
+    """Graded counts of attention rows with theta = mean over the *visible* entries / divisor (floored at the row's
+    max / cap when the encoder's threshold is clip-free).
 
     Averaging over visible keys only makes a query's threshold independent of how many masked (future or padded)
     keys its row happens to carry, so a cached token-by-token decode equals the full-sequence forward.
     """
     from hybridtune.neurons import graded_quantize
 
+    strategy = encoder.threshold
+    cap = strategy.cap if isinstance(strategy, ClipFreeThreshold) else None
+    divisor = (strategy.inner if cap is not None else strategy).divisor
     with torch.no_grad():
         n_vis = visible.sum(-1, keepdim=True).clamp_(min=1) if visible is not None else probs.shape[-1]
-        theta = (probs.sum(-1, keepdim=True) / n_vis).div_(encoder.threshold.divisor).clamp_(min=1e-12)
+        theta = (probs.sum(-1, keepdim=True) / n_vis).div_(divisor)
+        if cap is not None:  # clip_free: the row's largest probability never saturates the bounded count
+            theta = torch.maximum(theta, probs.amax(-1, keepdim=True).div_(cap))
+        theta = theta.clamp_(min=1e-12)
         return graded_quantize(probs, theta, encoder.max_spikes), theta
 
 

@@ -24,6 +24,7 @@ from hybridtune.conversion.calibration import residuals, static_thresholds
 from hybridtune.conversion.config import ConversionConfig
 from hybridtune.conversion.modules import ThresholdNorm, attach_output_encoder, make_encoder, mark_spike_input
 from hybridtune.conversion.outliers import calibration_start, get_outliers
+from hybridtune.conversion.outliers.strategies import ClipFree
 from hybridtune.conversion.plan import Plan, Site, get_module, in_features, out_features, set_module, to_spiking_linear
 
 CalibrationState = dict[str, dict[str, Tensor]]  # site -> {"theta", "residual", "scale", "smooth": [C]} (optional)
@@ -261,10 +262,13 @@ class DecoderRecipe:
         """``SpikingAttention`` on every planned attention module; a recoverable normalisation's per-head
         parameters start from ``state[path]`` (``softmax.*``, a recovered conversion) when it has them."""
         divisor = config.attention_divisor or config.divisor
+        # the clip_free outlier strategy floors every dynamic threshold, the query's and the probability row's too
+        clip_free = config.threshold == "dynamic" and any(isinstance(get_outliers(n), ClipFree)
+                                                          for n in config.outliers)
         for path in plan.attention:
             module = get_module(model, path)
-            q_enc = make_encoder(config, None, mode="mean_abs", divisor=divisor)
-            p_enc = make_encoder(config, None, mode="mean_abs", divisor=divisor)
+            q_enc = make_encoder(config, None, mode="mean_abs", divisor=divisor, clip_free=clip_free)
+            p_enc = make_encoder(config, None, mode="mean_abs", divisor=divisor, clip_free=clip_free)
             spec = SpikingAttention(config.softmax, q_enc, p_enc, heads_of(module), (state or {}).get(path))
             module.hybridtune_attention = spec.to(next(module.parameters()).device)
         model.config._attn_implementation = register_attention()

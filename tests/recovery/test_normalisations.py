@@ -35,7 +35,7 @@ def test_registry_matches_the_config_choices():
     assert SOFTMAX_MODES == SOFTMAX and RECOVERABLE == RECOVERABLE_SOFTMAX
     assert {n: s.recoverable for n, s in NORMALISATIONS.items()} == {
         "keep": False, "nrelu": False, "spike": False, "relu_count": True, "relu_sum": True, "sigmoid": True,
-        "relu_knots": True}
+        "relu_knots": True, "relu_knots_max": True}
 
 
 def test_initial_values_golden():
@@ -101,7 +101,7 @@ def test_cached_decode_matches_full_forward(name):
 
 @pytest.mark.parametrize("name,macs,adds", [("keep", 2, 1), ("nrelu", 1, 1), ("spike", 1, 0), ("relu_count", 2, 1),
                                             ("relu_sum", 2, 2), ("sigmoid", 3, 1),
-                                            ("relu_knots", 9, 9)])
+                                            ("relu_knots", 9, 9), ("relu_knots_max", 9, 10)])
 def test_census_charges_the_float_normalisation(name, macs, adds):
     snn = convert(tiny_model("llama"), ConversionConfig(coverage=ATTN, softmax=name, compensation=False))
     ids = tiny_batch()["input_ids"]
@@ -169,3 +169,44 @@ def test_relu_knots_starts_as_the_interpolant_of_exp():
                                atol=0, rtol=0.2)
     fitted = spec.norm.fitted_parameters(torch.tensor([0.0, 1.5]))
     torch.testing.assert_close(fitted["knots"][1] - fitted["knots"][0], torch.full((8,), 1.5))
+
+
+def test_relu_knots_max_is_shift_invariant_and_starts_near_softmax():
+    """Shifting a row's scores together changes nothing (as for softmax; relu_knots does change); at its initial
+    knots each row is within the interpolant's error of softmax, sink-like rows far above the rest included."""
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(2, 3, 5, 40, generator=gen) * 2.0
+    scores[0, :, :, 0] += 12.0  # an attention-sink-like key
+    p = _probs("relu_knots_max", scores)
+    torch.testing.assert_close(_probs("relu_knots_max", scores + 7.5), p)
+    assert not torch.allclose(_probs("relu_knots", scores + 7.5), _probs("relu_knots", scores), atol=1e-3)
+    torch.testing.assert_close(p, torch.softmax(scores, -1), atol=0.03, rtol=0)
+    torch.testing.assert_close(p.sum(-1), torch.ones(2, 3, 5))
+    visible = torch.ones(1, 1, 5, 40, dtype=torch.bool).tril(diagonal=35)
+    masked = _probs("relu_knots_max", scores, visible)
+    assert (masked[..., ~visible[0, 0]] == 0).all() and torch.isfinite(masked).all()
+    spec = SpikingAttention("relu_knots_max", torch.nn.Identity(), torch.nn.Identity(), heads=3)
+    fitted = spec.norm.fitted_parameters(torch.tensor([0.0, 1.5, -2.0]))
+    assert all(torch.equal(fitted[k], spec.params[k].data) for k in fitted)  # the offset does not move it
+
+
+def test_clip_free_floors_the_attention_thresholds():
+    """With clip_free (the default outlier strategy of a bounded code) a peaky probability row keeps its largest
+    entry instead of saturating at 2**K - 1; without it the row's top entry is clipped."""
+    from hybridtune.conversion.attention import _quantize_rows
+    from hybridtune.neurons import ClipFreeThreshold
+
+    probs = torch.full((1, 1, 1, 200), 0.1 / 199)
+    probs[..., 0] = 0.9  # 0.9 / (mean / 8) = 1440 > 255
+    cfg = ConversionConfig(coverage=ATTN, phases=8, compensation=False)
+    snn = convert(tiny_model("llama"), cfg)
+    spec = snn.model.layers[0].self_attn.hybridtune_attention
+    assert isinstance(spec.p_encoder.threshold, ClipFreeThreshold)
+    assert isinstance(spec.q_encoder.threshold, ClipFreeThreshold)
+    counts, theta = _quantize_rows(spec.p_encoder, probs, None)
+    assert int(counts.max()) == 255 and float((counts * theta)[..., 0].sum()) == pytest.approx(0.9, rel=1 / 255)
+    clipped = convert(tiny_model("llama"), ConversionConfig(coverage=ATTN, phases=8, compensation=False,
+                                                            outliers=()))
+    enc = clipped.model.layers[0].self_attn.hybridtune_attention.p_encoder
+    counts, theta = _quantize_rows(enc, probs, None)
+    assert int(counts.max()) == 255 and float((counts * theta)[..., 0].sum()) < 0.2

@@ -25,6 +25,14 @@ def _batches(n: int = 4):
 @pytest.mark.parametrize("name", RECOVERABLE)
 def test_stage1_lowers_the_attention_output_mse(name):
     snn = _snn(name)
+    if name == "relu_knots_max":
+        # its start needs no fit and follows near-uniform rows closely (the random tiny model's); sharper queries
+        # give peaky rows, where the interpolant of exp is off and stage 1 has something to do
+        model = tiny_model("llama")
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.q_proj.weight.mul_(8.0)
+        snn = convert(model, ConversionConfig(coverage=ATTN, softmax=name, compensation=False))
     with torch.no_grad():  # a poor start (the random tiny model's attention is near uniform, which init fits)
         for n, p in replacement_parameters(snn).items():
             p.mul_(3.0 if n.endswith("tau") else 2.0)
