@@ -352,6 +352,12 @@ def main(argv: list[str] | None = None) -> dict:
     # estimate, which turns the rule's direction (cosine 0.54 with the true gradient) into an update of cosine 0.14;
     # seed 0, one_hop: eps 1e-8 lr 3e-3 -> 22.52 (update cosine 0.14); 3e-4 / 3e-3 -> 22.57 (0.20); 1e-3 / 3e-3 ->
     # 22.92 (0.21), 1e-3 / 6e-3 -> 22.50 (0.24), 1e-3 / 1e-2 -> 22.88 (0.24); SGD momentum 0.9, lr 0.1 -> 23.19 (0.27)
+    # also tried (seed 0, one_hop, eps 1e-3, lr 6e-3 -> 22.50 unless said): lora_B's lr x2 / x4 (LoRA+) 22.73 / 23.16;
+    # lora_A's x0.5 / x2 22.86 / 22.62; thresholds and decays x3 / x0 22.58 / 22.76; betas (0.9, 0.99) 22.53,
+    # (0.95, 0.999) 22.76; lr 7e-3 22.48; top 8 blocks with block_decay 0.8 22.57; v_proj not trained 22.64;
+    # --init-b-std 0 22.77 (surrogate_top: 22.055 against 22.060, unchanged). The weakest estimate is v_proj's
+    # (cosine 0.22 for lora_A, 0.37 for lora_B; 0.6-0.75 elsewhere): one_hop takes attention's mixing over tokens
+    # as the identity
     p.add_argument("--eprop-eps", type=float, default=1e-3, help="eprop: AdamW's eps")
     p.add_argument("--eprop-top-blocks", type=lambda v: None if v == "all" else int(v), default=TOP_BLOCKS,
                    help="eprop: only the top N decoder blocks learn ('all': every block; default: the learner's)")
