@@ -55,7 +55,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from hybridtune.neurons import ClipFreeThreshold, SpikeStats
+from hybridtune.neurons import SpikeStats
 from hybridtune.neurons.stats import recomputing
 
 ATTN_IMPLEMENTATION = "hybridtune_spiking"
@@ -204,15 +204,23 @@ class SigmoidGate:
 
 def _exp_knots(centre: Tensor, knots: int) -> dict[str, Tensor]:
     """Knots ``c = centre + [-3, 4]`` (per head) and log slope increments of the piecewise-linear interpolant of
-    ``exp`` through them, continued past the last knot with its tangent: convex, so every increment is positive."""
+    ``exp`` through them, continued past the last knot with its tangent."""
     offsets = torch.linspace(-3.0, 4.0, knots, dtype=torch.float64)
-    slopes = torch.empty(knots, dtype=torch.float64)
-    slopes[:-1] = (offsets[1:].exp() - offsets[:-1].exp()) / (offsets[1:] - offsets[:-1])  # secants
-    slopes[-1] = offsets[-1].exp()  # the tangent at the last knot
-    increments = torch.cat([slopes[:1], slopes[1:] - slopes[:-1]])
+    slopes = torch.cat([_exp_secants(offsets), offsets[-1:].exp()])  # the tangent at the last knot
     heads = centre.shape[0]
     return {"knots": (centre.double()[:, None] + offsets[None]).float(),
-            "log_slope": increments.log().float().expand(heads, knots).clone()}
+            "log_slope": _log_increments(slopes).expand(heads, knots).clone()}
+
+
+def _exp_secants(points: Tensor) -> Tensor:
+    """The slopes of ``exp`` between neighbouring points."""
+    return (points[1:].exp() - points[:-1].exp()) / (points[1:] - points[:-1])
+
+
+def _log_increments(slopes: Tensor) -> Tensor:
+    """``log a_m`` of ``f = sum_m a_m relu(x - c_m)`` whose slope past knot ``m`` is ``slopes[m]`` (``exp`` is
+    convex, so every increment is positive)."""
+    return torch.cat([slopes[:1], slopes[1:] - slopes[:-1]]).log().float()
 
 
 class LearnedKnots:
@@ -253,10 +261,8 @@ def _below_max_knots(heads: int, knots: int, lowest: float = -7.0) -> dict[str, 
     secants of ``exp`` between neighbours: ``f`` interpolates ``exp`` on ``[lowest, 0]`` (exact at every point but
     the first, where it is 0 instead of ``e^lowest``) and is 0 below."""
     points = torch.linspace(lowest, 0.0, knots + 1, dtype=torch.float64)
-    secants = (points[1:].exp() - points[:-1].exp()) / (points[1:] - points[:-1])
-    increments = torch.cat([secants[:1], secants[1:] - secants[:-1]])  # convex: every increment is positive
     return {"knots": points[:-1].float().expand(heads, knots).clone(),
-            "log_slope": increments.log().float().expand(heads, knots).clone()}
+            "log_slope": _log_increments(_exp_secants(points)).expand(heads, knots).clone()}
 
 
 class MaxShiftedKnots(LearnedKnots):
@@ -497,13 +503,12 @@ def _quantize_rows(encoder: nn.Module, probs: Tensor, visible: Tensor | None) ->
     from hybridtune.neurons import graded_quantize
 
     strategy = encoder.threshold
-    cap = strategy.cap if isinstance(strategy, ClipFreeThreshold) else None
-    divisor = (strategy.inner if cap is not None else strategy).divisor
+    floor = getattr(strategy, "floor", None)  # a ClipFreeThreshold's: the row's largest entry never saturates
     with torch.no_grad():
         n_vis = visible.sum(-1, keepdim=True).clamp_(min=1) if visible is not None else probs.shape[-1]
-        theta = (probs.sum(-1, keepdim=True) / n_vis).div_(divisor)
-        if cap is not None:  # clip_free: the row's largest probability never saturates the bounded count
-            theta = torch.maximum(theta, probs.amax(-1, keepdim=True).div_(cap))
+        theta = (probs.sum(-1, keepdim=True) / n_vis).div_(strategy.divisor)
+        if floor is not None:
+            theta = torch.maximum(theta, floor(probs))
         theta = theta.clamp_(min=1e-12)
         return graded_quantize(probs, theta, encoder.max_spikes), theta
 

@@ -101,6 +101,10 @@ class WrappedThreshold(nn.Module):
     def mode(self) -> str:
         return getattr(self.inner, "mode", "mean_abs")
 
+    @property
+    def divisor(self) -> float | None:
+        return getattr(self.inner, "divisor", None)
+
 
 class ChannelScaledThreshold(WrappedThreshold):
     """A per-token threshold scaled per channel: ``theta[t, c] = scale_c * inner(v / scale)[t]``.
@@ -153,7 +157,11 @@ class ClipFreeThreshold(WrappedThreshold):
         self.cap = cap
 
     def forward(self, v: Tensor) -> Tensor:
-        return torch.maximum(self.inner(v), v.abs().amax(-1, keepdim=True).div_(self.cap))
+        return torch.maximum(self.inner(v), self.floor(v))
+
+    def floor(self, v: Tensor) -> Tensor:
+        """``max|v_t| / cap``: the smallest threshold that keeps every entry of ``v_t`` within the bound."""
+        return v.abs().amax(-1, keepdim=True).div_(self.cap)
 
     def extra_repr(self) -> str:
         return f"cap={self.cap}"
