@@ -439,8 +439,10 @@ def _record(stats: SpikeStats, spikes: Tensor, neuron_steps: Tensor | int, silen
 
 def spiking_attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
                               attention_mask: Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-                              softcap: float | None = None, **kwargs) -> tuple[Tensor, None]:
-    """Attention-interface function: ``(module, q [B,H,Lq,D], k, v [B,Hkv,Lk,D], mask) -> ([B,Lq,H,D], None)``."""
+                              softcap: float | None = None, **kwargs) -> tuple[Tensor, Tensor | None]:
+    """Attention-interface function: ``(module, q [B,H,Lq,D], k, v [B,Hkv,Lk,D], mask) -> ([B,Lq,H,D], P)``, ``P
+    [B,H,Lq,Lk]`` the spike-coded probabilities that weighted the values (as eager attention returns its softmax; eprop's
+    one_hop path reads them), None on the SDPA fallback."""
     spec = getattr(module, "hybridtune_attention", None)
     if spec is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -490,7 +492,7 @@ def spiking_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
             _record(spec.stats, qc.sum(), q_counts.numel(), q_counts.numel() - torch.count_nonzero(q_counts), q_sops)
             _record(spec.stats, pc.sum(dtype=torch.float64), p_steps, p_silent,
                     pc.sum(dtype=torch.float64) * d)
-    return out.transpose(1, 2).contiguous(), None
+    return out.transpose(1, 2).contiguous(), p_spk
 
 
 def _quantize_rows(encoder: nn.Module, probs: Tensor, visible: Tensor | None) -> tuple[Tensor, Tensor]:

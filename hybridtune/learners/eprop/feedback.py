@@ -8,8 +8,10 @@ A path is a small strategy object (:class:`FeedbackPath`); ``eprop`` takes one b
   (``o_proj``, ``down_proj``, GPT-2's ``c_proj``, an expert's down projection); for earlier blocks it ignores what
   the later blocks do to the gradient. Refuses layers whose output is not ``D`` wide.
 * ``one_hop`` — through the transpose of the next frozen weight on the way to the residual stream, inside the same
-  block: ``v_proj`` via ``o_projᵀ`` (summed over the query heads that share a KV head; the attention mixing over
-  tokens is taken as the identity), ``up_proj`` / ``gate_proj`` via ``down_projᵀ`` times the gate's value / the
+  block: ``v_proj`` via ``o_projᵀ`` (summed over the query heads that share a KV head) and the attention's mixing over
+  tokens, ``Pᵀ``: exact where the attention returns its probabilities ``P`` (eager attention, and the spiking
+  attention of a conversion that covers ``attention``), taken as the identity where it returns none (SDPA, flash;
+  load the model with ``attn_implementation="eager"`` to get the exact mixing), ``up_proj`` / ``gate_proj`` via ``down_projᵀ`` times the gate's value / the
   activation's derivative, GPT-2's ``c_fc`` via ``c_projᵀ`` times the activation's derivative. Residual writers take
   the identity. Other layers (``q_proj``, ``k_proj``: their path runs through the softmax) are refused.
 * ``random`` — fixed random feedback matrices ``R [out, D]`` (direct feedback alignment, Nøkland 2016), entries
@@ -168,17 +170,27 @@ def _weight(module: nn.Module) -> Tensor:
     return (weight.t() if is_conv1d(base) else weight).detach()
 
 
+def _attention_probs(out: Any) -> Tensor | None:
+    """An attention module's probabilities ``[B, H, L, S]`` from its output, None where it returns none (SDPA)."""
+    probs = out[1] if isinstance(out, tuple) and len(out) > 1 else None
+    return probs if isinstance(probs, Tensor) else None
+
+
 class _Outputs:
     """Forward hooks keeping the outputs of a few modules (detached, float16: they only shape a learning signal), one
-    list per module name, in call order."""
+    list per module name, in call order; ``pick`` takes the kept tensor from a module's output (None: nothing)."""
 
-    def __init__(self, modules: dict[str, nn.Module]):
-        self.modules, self.kept, self.handles = modules, {n: [] for n in modules}, []
+    def __init__(self, modules: dict[str, nn.Module], pick: dict[str, Callable[[Any], Tensor | None]]):
+        self.modules, self.pick, self.kept, self.handles = modules, pick, {n: [] for n in modules}, []
+
+    def _keep(self, name: str, out: Any) -> None:
+        picked = self.pick.get(name, lambda o: o)(out)
+        if picked is not None:
+            self.kept[name].append(picked.detach().to(torch.float16))
 
     def __enter__(self) -> _Outputs:
         for name, module in self.modules.items():
-            self.handles.append(module.register_forward_hook(
-                lambda m, a, out, name=name: self.kept[name].append(out.detach().to(torch.float16))))
+            self.handles.append(module.register_forward_hook(lambda m, a, out, name=name: self._keep(name, out)))
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -196,6 +208,7 @@ class OneHopPath:
         self.links: dict[str, Callable[[Tensor], Tensor]] = {}
         self._outputs: _Outputs | None = None
         self._needed: dict[str, nn.Module] = {}
+        self._pick: dict[str, Callable[[Any], Tensor | None]] = {}
         self._pending: dict[str, Tensor] = {}
         self._back: dict[str, tuple[Tensor, Tensor]] = {}
 
@@ -215,9 +228,16 @@ class OneHopPath:
             head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
             kv, rep = out // head_dim, w_o.shape[1] // out
 
-            def via_o(g: Tensor) -> Tensor:
+            self._needed[parent + ":probs"] = block
+            self._pick[parent + ":probs"] = _attention_probs
+
+            def via_o(g: Tensor, parent: str = parent) -> Tensor:
                 back = g @ w_o.to(g.dtype)  # [B, L, H*hd]; query head h = kv_head * rep + k (repeat_kv layout)
-                return back.view(*g.shape[:-1], kv, rep, head_dim).sum(-2).reshape(*g.shape[:-1], out)
+                probs = self._pending.get(parent + ":probs")
+                if probs is not None:  # the value at key s reaches every query t by P[t, s]: back at s = Σ_t P[t, s] back[t]
+                    heads = back.view(*g.shape[:-1], -1, head_dim).transpose(1, 2)  # [B, H, L, hd]
+                    back = (probs.to(g.dtype).transpose(-1, -2) @ heads).transpose(1, 2)  # [B, S, H, hd]
+                return back.reshape(*g.shape[:-1], kv, rep, head_dim).sum(-2).reshape(*g.shape[:-1], out)
             return via_o
         if leaf in ("up_proj", "gate_proj") and hasattr(block, "down_proj") and hasattr(block, "gate_proj"):
             w_d, act = _weight(block.down_proj), block.act_fn
@@ -248,7 +268,7 @@ class OneHopPath:
     def capture(self, model: nn.Module) -> _Outputs | None:
         if not self._needed:
             return None
-        self._outputs = _Outputs(self._needed)
+        self._outputs = _Outputs(self._needed, self._pick)
         return self._outputs
 
     def begin_batch(self) -> None:

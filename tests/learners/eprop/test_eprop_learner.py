@@ -17,7 +17,7 @@ from hybridtune.testing import tiny_batch, tiny_config, tiny_model
 KEYS = ("input_ids", "attention_mask", "doc_start")
 
 
-def one_block(family="llama"):
+def one_block(family="llama", attention=None):
     from transformers import AutoModelForCausalLM
 
     cfg = tiny_config(family)
@@ -25,7 +25,10 @@ def one_block(family="llama"):
     if hasattr(cfg, "layer_types"):
         cfg.layer_types = cfg.layer_types[:1]
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(cfg).eval()
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    if attention is not None:
+        model.set_attn_implementation(attention)
+    return model
 
 
 def adapted(base, targets, neuron="lif", learn=False):
@@ -120,6 +123,33 @@ def test_one_hop_through_o_proj_is_exact_where_attention_is_the_identity():
     for name in want:
         assert want[name].abs().sum() > 0
         assert_matches(got[name], want[name], name)
+
+
+def mlp_silenced(attention):
+    base = one_block(attention=None if attention == "spiking" else attention)
+    with torch.no_grad():
+        base.model.layers[0].mlp.down_proj.weight.zero_()
+    if attention == "spiking":
+        from hybridtune.conversion import ConversionConfig, convert
+
+        base = convert(base, ConversionConfig(coverage=("ffn_act", "linear_inputs", "attention"), compensation=False))
+    return adapted(base, ["v_proj"], "heaviside")
+
+
+def test_one_hop_takes_v_proj_through_the_attention_probabilities_where_the_attention_returns_them():
+    """Eager attention returns its probabilities P, and so does spiking attention (its spike-coded P), so v_proj's
+    error is Pᵀ (g W_oᵀ) (the value at key s reaches every query t by P[t, s]): exact over whole sequences with padding
+    and document starts, MLP silenced as above. SDPA returns none: the mixing is then taken as the identity, and the
+    estimate is off."""
+    b = batch()
+    pattern = r"v_proj\.lora_B"
+    for attention, exact in (("eager", True), ("spiking", True), ("sdpa", False)):
+        model = mlp_silenced(attention)
+        want = true_grads(model, b, pattern)
+        got = eprop_grads(model, b, pattern, feedback="one_hop")
+        for name in want:
+            err = float((got[name] - want[name]).norm() / want[name].norm())
+            assert (err < 2e-3) == exact, f"{attention}: relative error {err:.2e}"
 
 
 def test_residual_path_refuses_layers_of_another_width_and_one_hop_refuses_q_proj():
