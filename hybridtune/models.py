@@ -145,8 +145,10 @@ def _offline_kwargs() -> dict:
     return {"local_files_only": True} if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false") else {}
 
 
-def load_model(name_or_path: str = DEFAULT_NAME, dtype: torch.dtype = torch.float32, eval_mode: bool = True):
-    """Load a causal LM as a ``transformers`` model.
+def load_model(name_or_path: str = DEFAULT_NAME, dtype: torch.dtype = torch.float32, eval_mode: bool = True,
+               attention: str | None = None):
+    """Load a causal LM as a ``transformers`` model; ``attention`` names transformers' attention implementation
+    (``sdpa``, ``eager``; None: the model's default).
 
     Example:
         >>> model = load_model("default")  # doctest: +SKIP
@@ -157,6 +159,8 @@ def load_model(name_or_path: str = DEFAULT_NAME, dtype: torch.dtype = torch.floa
 
     src = resolve_source(name_or_path)
     kwargs = {"dtype": dtype, **_offline_kwargs()}
+    if attention is not None:
+        kwargs["attn_implementation"] = attention
     if src.gguf_file:
         kwargs["gguf_file"] = src.gguf_file
     try:

@@ -77,7 +77,8 @@ def load_run(run_dir: str | Path, *, use_cache: bool = True) -> tuple[Any, Any, 
         raise RunLoadError(f"{root} has no trained adapter in {adapter_dir} (the run did not finish); continue it "
                            f"with `hybridtune train CONFIG --resume --out {root}`")
     tokenizer = load_tokenizer(record["model"])
-    base = load_model(record["model"], dtype=getattr(torch, record.get("dtype", "float32")))
+    base = load_model(record["model"], dtype=getattr(torch, record.get("dtype", "float32")),
+                      attention=record.get("attention"))  # runs recorded before the field: the model's default
     section = build(ConversionSection, record["conversion"], "conversion")
     found = model_fingerprint(base)
     if record.get("base_fingerprint") and found != record["base_fingerprint"]:

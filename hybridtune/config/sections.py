@@ -19,10 +19,17 @@ from hybridtune.config_schema import ConfigError
 
 @dataclass
 class ModelSection:
-    """The base ANN: ``default`` (embedded SmolLM2-135M), a hub id, a local dir or a GGUF file."""
+    """The base ANN: ``default`` (embedded SmolLM2-135M), a hub id, a local dir or a GGUF file.
+
+    ``attention``: transformers' attention implementation where the conversion does not cover ``attention`` (null:
+    the model's default, ``sdpa`` for most). ``eager`` returns the attention probabilities, which eprop's ``one_hop``
+    feedback needs to take ``v_proj``'s signal through the mixing over tokens (without them it takes the identity).
+    A converted model's perplexity differs a little between the two: a rounding difference flips threshold crossings.
+    """
 
     name: str = "default"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attention: Literal["sdpa", "eager"] | None = None
 
 
 @dataclass

@@ -62,7 +62,8 @@ def run_continual(cfg: RunConfig, section: ContinualSection | None = None, *,
         domains = build_domains(section.domains, cfg.data, tokenizer, corpora)
     for d in domains:
         say(f"domain {d.name}: {d.info.get('train_tokens')} training tokens, {d.info.get('eval_tokens')} held out")
-    base = load_model(cfg.model.name, dtype=getattr(torch, cfg.model.dtype)).to(acc.device)
+    base = load_model(cfg.model.name, dtype=getattr(torch, cfg.model.dtype), attention=cfg.model.attention)
+    base = base.to(acc.device)
     snn, cache = cached_conversion(base, cfg.conversion, tokenizer, acc, use_cache=use_cache)
     say(f"conversion: {'loaded from cache' if cache['hit'] else 'converted'}")
     set_seed(cfg.trainer.seed)  # the adapter's initialisation does not depend on what ran before

@@ -36,9 +36,11 @@ def _needs_calibration(section: Any) -> bool:
     return needs_calibration(section)
 
 
-def conversion_key(section: Any, fingerprint: str, calib_hash: str | None = None) -> str:
-    """16 hex digits identifying one conversion of one base model."""
-    payload = {"conversion": to_dict(section), "base": fingerprint, "calib": calib_hash, "version": __version__}
+def conversion_key(section: Any, fingerprint: str, calib_hash: str | None = None, attention: str | None = None) -> str:
+    """16 hex digits identifying one conversion of one base model; ``attention``, the base's attention implementation,
+    is part of it because calibration runs through it (a rounding difference moves thresholds)."""
+    payload = {"conversion": to_dict(section), "base": fingerprint, "calib": calib_hash, "version": __version__,
+               "attention": attention}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -92,7 +94,8 @@ def cached_conversion(model: nn.Module, section: Any, tokenizer: Any = None, acc
         from ..data import corpus
 
         calib_hash = corpus(section.calib_data).content_hash("train")
-    key = conversion_key(section, model_fingerprint(model), calib_hash)
+    key = conversion_key(section, model_fingerprint(model), calib_hash,
+                         getattr(getattr(model, "config", None), "_attn_implementation", None))
     where = Path(cache_dir) if cache_dir is not None else cache_root() / "conversions" / key
     if not use_cache:
         return convert_from_config(model, section, tokenizer=tokenizer), {"cache_dir": None, "hit": False, "key": key}

@@ -119,7 +119,8 @@ def run_domain_adaptation(cfg: RunConfig, *, echo: Callable[[str], None] | None 
         train, held, data_info = build_data(cfg.data, tokenizer, corpora)
     say(f"data: {data_info['train']} ({data_info['train_tokens']} training tokens), held out: "
         f"{data_info['eval']} ({data_info['eval_tokens']} tokens)")
-    base = load_model(cfg.model.name, dtype=getattr(torch, cfg.model.dtype)).to(acc.device)
+    base = load_model(cfg.model.name, dtype=getattr(torch, cfg.model.dtype), attention=cfg.model.attention)
+    base = base.to(acc.device)
     fingerprint = model_fingerprint(base)
     eval_tensors = held.as_dict()
     pipeline_path = run.path / PIPELINE_FILE

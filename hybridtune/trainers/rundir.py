@@ -171,7 +171,8 @@ __all__ = ["RunDir", "open_run_dir", "write_base_record", "BASE_FILE", "check_re
 def write_base_record(run_dir: str | Path, cfg: RunConfig, cache: dict[str, Any], fingerprint: str) -> Path:
     """Record how the run's base was converted (model, conversion settings, cache entry, base fingerprint, data), so
     that :func:`hybridtune.runs.load_run` rebuilds "converted base + adapter" with no manual ``convert``."""
-    record = {"model": cfg.model.name, "dtype": cfg.model.dtype, "conversion": to_dict(cfg.conversion),
+    record = {"model": cfg.model.name, "dtype": cfg.model.dtype, "attention": cfg.model.attention,
+              "conversion": to_dict(cfg.conversion),
               "conversion_key": cache.get("key"), "conversion_cache": cache.get("cache_dir"),
               "base_fingerprint": fingerprint, "data": to_dict(cfg.data)}
     return atomic_write_json(Path(run_dir) / BASE_FILE, record, allow_nan=True)

@@ -311,3 +311,36 @@ def test_a_train_run_writes_the_random_feedback_beside_its_adapter(tmp_path, mon
     saved = load_file(str(Path(report["adapter_dir"]) / FEEDBACK_FILE))
     assert len(saved) == 4 and all(v.shape[1] == 64 for v in saved.values())
     assert any("v_proj" in k for k in saved) and any("down_proj" in k for k in saved)
+
+
+def test_model_attention_reaches_the_run_and_its_reload(tmp_path, monkeypatch):
+    """``model.attention: eager`` (what one_hop needs for v_proj's exact mixing) loads the base with eager attention,
+    is recorded with the run, and load_run rebuilds the model with it; a value outside the choices names the key."""
+    import json
+    from pathlib import Path
+
+    from hybridtune.config import ConfigError, load_config
+    from hybridtune.runs import load_run
+    from hybridtune.testing import tiny_tokenizer
+    from hybridtune.trainers.domain import run_domain_adaptation
+    from hybridtune.trainers.rundir import BASE_FILE
+
+    model_dir = tmp_path / "tiny-llama"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"def add{i}(a, b):\n    return a + b + {i}\n" for i in range(80)))
+    config = Path(__file__).parents[3] / "configs" / "learners" / "eprop.yaml"
+    overrides = [f"model.name={model_dir}", "conversion.compensation=false", f"data.train={corpus}",
+                 "data.block_size=32", "data.eval_tokens=128", "data.max_train_tokens=null", "trainer.steps=2",
+                 "trainer.batch_size=2", "trainer.eval_every=2", "trainer.save_every=2",
+                 f"trainer.output_dir={tmp_path / 'run'}", "tracking.backend=none"]
+    with pytest.raises(ConfigError, match=r"model\.attention.*eager"):
+        load_config(config, [*overrides, "model.attention=flash"])
+    cfg = load_config(config, [*overrides, "model.attention=eager"])
+    monkeypatch.setenv("HYBRIDTUNE_CACHE", str(tmp_path / "cache"))
+    report = run_domain_adaptation(cfg)
+    run_dir = Path(report["adapter_dir"]).parent
+    assert json.loads((run_dir / BASE_FILE).read_text())["attention"] == "eager"
+    model, _, _ = load_run(run_dir)
+    assert model.config._attn_implementation == "eager"
