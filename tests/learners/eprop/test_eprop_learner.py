@@ -282,17 +282,12 @@ def test_random_feedback_is_saved_beside_the_adapter_and_reloaded(tmp_path):
         EpropLearner(feedback="one_hop", feedback_from=tmp_path / "adapter")
 
 
-def test_a_train_run_writes_the_random_feedback_beside_its_adapter(tmp_path, monkeypatch):
-    """End to end through run_domain_adaptation with configs/learners/eprop.yaml switched to feedback: random: the
-    run's adapter directory holds the matrices the learner trained with."""
+def eprop_run_config(tmp_path, *extra):
+    """configs/learners/eprop.yaml on a tiny model directory and corpus file, 2 steps, plus ``extra`` overrides."""
     from pathlib import Path
 
-    from safetensors.torch import load_file
-
     from hybridtune.config import load_config
-    from hybridtune.learners.eprop.feedback import FEEDBACK_FILE
     from hybridtune.testing import tiny_tokenizer
-    from hybridtune.trainers.domain import run_domain_adaptation
 
     model_dir = tmp_path / "tiny-llama"
     tiny_model("llama").save_pretrained(model_dir)
@@ -300,12 +295,25 @@ def test_a_train_run_writes_the_random_feedback_beside_its_adapter(tmp_path, mon
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(f"def add{i}(a, b):\n    return a + b + {i}\n" for i in range(80)))
     config = Path(__file__).parents[3] / "configs" / "learners" / "eprop.yaml"
-    cfg = load_config(config, [
+    return load_config(config, [
         f"model.name={model_dir}", "conversion.compensation=false", f"data.train={corpus}", "data.block_size=32",
         "data.eval_tokens=128", "data.max_train_tokens=null", "trainer.steps=2", "trainer.batch_size=2",
         "trainer.eval_every=2", "trainer.save_every=2", f"trainer.output_dir={tmp_path / 'run'}",
-        "tracking.backend=none", "adapter.target_modules=[v_proj, down_proj]", "learners.0.options.feedback=random",
-        "learners.0.options.seed=5"])
+        "tracking.backend=none", *extra])
+
+
+def test_a_train_run_writes_the_random_feedback_beside_its_adapter(tmp_path, monkeypatch):
+    """End to end through run_domain_adaptation with configs/learners/eprop.yaml switched to feedback: random: the
+    run's adapter directory holds the matrices the learner trained with."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from hybridtune.learners.eprop.feedback import FEEDBACK_FILE
+    from hybridtune.trainers.domain import run_domain_adaptation
+
+    cfg = eprop_run_config(tmp_path, "adapter.target_modules=[v_proj, down_proj]",
+                           "learners.0.options.feedback=random", "learners.0.options.seed=5")
     monkeypatch.setenv("HYBRIDTUNE_CACHE", str(tmp_path / "cache"))
     report = run_domain_adaptation(cfg)
     saved = load_file(str(Path(report["adapter_dir"]) / FEEDBACK_FILE))
@@ -314,30 +322,21 @@ def test_a_train_run_writes_the_random_feedback_beside_its_adapter(tmp_path, mon
 
 
 def test_model_attention_reaches_the_run_and_its_reload(tmp_path, monkeypatch):
-    """``model.attention: eager`` (what one_hop needs for v_proj's exact mixing) loads the base with eager attention,
-    is recorded with the run, and load_run rebuilds the model with it; a value outside the choices names the key."""
+    """``model.attention: eager`` (what one_hop needs for v_proj's exact mixing; configs/learners/eprop.yaml sets it)
+    loads the base with eager attention, is recorded with the run, and load_run rebuilds the model with it; a value
+    outside the choices names the key."""
     import json
     from pathlib import Path
 
-    from hybridtune.config import ConfigError, load_config
+    from hybridtune.config import ConfigError
     from hybridtune.runs import load_run
-    from hybridtune.testing import tiny_tokenizer
     from hybridtune.trainers.domain import run_domain_adaptation
     from hybridtune.trainers.rundir import BASE_FILE
 
-    model_dir = tmp_path / "tiny-llama"
-    tiny_model("llama").save_pretrained(model_dir)
-    tiny_tokenizer().save_pretrained(model_dir)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join(f"def add{i}(a, b):\n    return a + b + {i}\n" for i in range(80)))
-    config = Path(__file__).parents[3] / "configs" / "learners" / "eprop.yaml"
-    overrides = [f"model.name={model_dir}", "conversion.compensation=false", f"data.train={corpus}",
-                 "data.block_size=32", "data.eval_tokens=128", "data.max_train_tokens=null", "trainer.steps=2",
-                 "trainer.batch_size=2", "trainer.eval_every=2", "trainer.save_every=2",
-                 f"trainer.output_dir={tmp_path / 'run'}", "tracking.backend=none"]
     with pytest.raises(ConfigError, match=r"model\.attention.*eager"):
-        load_config(config, [*overrides, "model.attention=flash"])
-    cfg = load_config(config, [*overrides, "model.attention=eager"])
+        eprop_run_config(tmp_path, "model.attention=flash")
+    cfg = eprop_run_config(tmp_path)
+    assert cfg.model.attention == "eager"
     monkeypatch.setenv("HYBRIDTUNE_CACHE", str(tmp_path / "cache"))
     report = run_domain_adaptation(cfg)
     run_dir = Path(report["adapter_dir"]).parent
