@@ -115,8 +115,8 @@ def learners_for(variant: str, args) -> list:
                  top_blocks=args.rstdp_top_blocks, perturb=args.rstdp_perturb)
     if variant in ("surrogate", "surrogate_top", "lora_ann"):
         return [surrogate()]
-    eprop = dict(lr=args.eprop_lr, scheduler=args.eprop_scheduler, max_grad_norm=1.0, top_blocks=args.eprop_top_blocks,
-                 block_decay=args.eprop_block_decay, error_dtype=args.eprop_error_dtype,
+    eprop = dict(lr=args.eprop_lr, scheduler=args.eprop_scheduler, max_grad_norm=1.0,
+                 top_blocks=args.eprop_top_blocks, block_decay=args.eprop_block_decay, error_dtype=args.eprop_error_dtype,
                  optimizer_kwargs={"eps": args.eprop_eps})
     if variant.startswith("eprop_"):
         return [EpropLearner(params="all", feedback=variant[len("eprop_"):], **eprop)]

@@ -440,9 +440,9 @@ def _record(stats: SpikeStats, spikes: Tensor, neuron_steps: Tensor | int, silen
 def spiking_attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
                               attention_mask: Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                               softcap: float | None = None, **kwargs) -> tuple[Tensor, Tensor | None]:
-    """Attention-interface function: ``(module, q [B,H,Lq,D], k, v [B,Hkv,Lk,D], mask) -> ([B,Lq,H,D], P)``, ``P
-    [B,H,Lq,Lk]`` the spike-coded probabilities that weighted the values (as eager attention returns its softmax; eprop's
-    one_hop path reads them), None on the SDPA fallback."""
+    """Attention-interface function: ``(module, q [B,H,Lq,D], k, v [B,Hkv,Lk,D], mask) -> ([B,Lq,H,D], P)``, with
+    ``P [B,H,Lq,Lk]`` the spike-coded probabilities that weighted the values (as eager attention returns its softmax;
+    eprop's one_hop path reads them), None on the SDPA fallback."""
     spec = getattr(module, "hybridtune_attention", None)
     if spec is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward

@@ -11,9 +11,10 @@ A path is a small strategy object (:class:`FeedbackPath`); ``eprop`` takes one b
   block: ``v_proj`` via ``o_projᵀ`` (summed over the query heads that share a KV head) and the attention's mixing over
   tokens, ``Pᵀ``: exact where the attention returns its probabilities ``P`` (eager attention, and the spiking
   attention of a conversion that covers ``attention``), taken as the identity where it returns none (SDPA, flash;
-  load the model with ``attn_implementation="eager"`` to get the exact mixing), ``up_proj`` / ``gate_proj`` via ``down_projᵀ`` times the gate's value / the
-  activation's derivative, GPT-2's ``c_fc`` via ``c_projᵀ`` times the activation's derivative. Residual writers take
-  the identity. Other layers (``q_proj``, ``k_proj``: their path runs through the softmax) are refused.
+  ``model.attention: eager`` in a run config, ``attn_implementation="eager"`` in transformers, gives the exact
+  mixing); ``up_proj`` / ``gate_proj`` via ``down_projᵀ`` times the gate's value / the activation's derivative,
+  GPT-2's ``c_fc`` via ``c_projᵀ`` times the activation's derivative. Residual writers take the identity. Other
+  layers (``q_proj``, ``k_proj``: their path runs through the softmax) are refused.
 * ``random`` — fixed random feedback matrices ``R [out, D]`` (direct feedback alignment, Nøkland 2016), entries
   ``N(0, 1/D)``, seeded per layer from the learner's seed; they travel in the learner's state (checkpoints) so a
   resumed run keeps them, and are written beside the adapter (:data:`FEEDBACK_FILE` in its ``save_pretrained``
@@ -234,7 +235,7 @@ class OneHopPath:
             def via_o(g: Tensor, parent: str = parent) -> Tensor:
                 back = g @ w_o.to(g.dtype)  # [B, L, H*hd]; query head h = kv_head * rep + k (repeat_kv layout)
                 probs = self._pending.get(parent + ":probs")
-                if probs is not None:  # the value at key s reaches every query t by P[t, s]: back at s = Σ_t P[t, s] back[t]
+                if probs is not None:  # the value at key s reaches query t by P[t, s]: back[s] = Σ_t P[t, s] back[t]
                     heads = back.view(*g.shape[:-1], -1, head_dim).transpose(1, 2)  # [B, H, L, hd]
                     back = (probs.to(g.dtype).transpose(-1, -2) @ heads).transpose(1, 2)  # [B, S, H, hd]
                 return back.reshape(*g.shape[:-1], kv, rep, head_dim).sum(-2).reshape(*g.shape[:-1], out)

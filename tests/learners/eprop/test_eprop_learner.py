@@ -138,8 +138,8 @@ def mlp_silenced(attention):
 
 def test_one_hop_takes_v_proj_through_the_attention_probabilities_where_the_attention_returns_them():
     """Eager attention returns its probabilities P, and so does spiking attention (its spike-coded P), so v_proj's
-    error is Pᵀ (g W_oᵀ) (the value at key s reaches every query t by P[t, s]): exact over whole sequences with padding
-    and document starts, MLP silenced as above. SDPA returns none: the mixing is then taken as the identity, and the
+    error is Pᵀ (g W_oᵀ) (the value at key s reaches every query t by P[t, s]): exact over whole sequences with
+    padding and document starts, MLP silenced as above. SDPA returns none: the mixing is then taken as the identity, and the
     estimate is off."""
     b = batch()
     pattern = r"v_proj\.lora_B"
