@@ -172,6 +172,11 @@ def load_model(name_or_path: str = DEFAULT_NAME, dtype: torch.dtype = torch.floa
     return model.eval() if eval_mode else model
 
 
+def load_base(section) -> torch.nn.Module:
+    """:func:`load_model` from a run config's ``model`` section (``name``, ``dtype`` as a string, ``attention``)."""
+    return load_model(section.name, dtype=getattr(torch, section.dtype), attention=section.attention)
+
+
 def load_tokenizer(name_or_path: str = DEFAULT_NAME):
     """Load the tokenizer that belongs to :func:`load_model`'s model (pad token set to eos if absent)."""
     from transformers import AutoTokenizer

@@ -59,14 +59,13 @@ def load_run(run_dir: str | Path, *, use_cache: bool = True) -> tuple[Any, Any, 
     section, and whether the conversion came from the cache. Raises :class:`RunLoadError` for a directory that is
     not a finished run. This signature is stable (``hybridtune eval --run`` and other commands call it).
     """
-    import torch
 
     from .adapters import load as load_adapter
-    from .config import ConversionSection
+    from .config import ConversionSection, ModelSection
     from .config_schema import build
     from .conversion import load_spiking
     from .conversion.state import JSON_NAME
-    from .models import load_model, load_tokenizer, model_fingerprint
+    from .models import load_base, load_tokenizer, model_fingerprint
     from .trainers.cache import cached_conversion
     from .trainers.recovery import SPIKING_DIR
 
@@ -77,8 +76,8 @@ def load_run(run_dir: str | Path, *, use_cache: bool = True) -> tuple[Any, Any, 
         raise RunLoadError(f"{root} has no trained adapter in {adapter_dir} (the run did not finish); continue it "
                            f"with `hybridtune train CONFIG --resume --out {root}`")
     tokenizer = load_tokenizer(record["model"])
-    base = load_model(record["model"], dtype=getattr(torch, record.get("dtype", "float32")),
-                      attention=record.get("attention"))  # runs recorded before the field: the model's default
+    # runs recorded before the attention field: the model's default
+    base = load_base(ModelSection(record["model"], record.get("dtype", "float32"), record.get("attention")))
     section = build(ConversionSection, record["conversion"], "conversion")
     found = model_fingerprint(base)
     if record.get("base_fingerprint") and found != record["base_fingerprint"]:

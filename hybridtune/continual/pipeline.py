@@ -20,8 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from hybridtune.config import RunConfig
 from hybridtune.config_schema import ConfigError
 from hybridtune.continual.config import ContinualSection
@@ -38,7 +36,7 @@ def run_continual(cfg: RunConfig, section: ContinualSection | None = None, *,
     section = cfg.continual if section is None else section
     from accelerate.utils import set_seed
 
-    from hybridtune.models import ModelLoadError, load_model, load_tokenizer, resolve_source
+    from hybridtune.models import ModelLoadError, load_base, load_tokenizer, resolve_source
     from hybridtune.trainers.cache import cached_conversion
     from hybridtune.trainers.domain import attach_adapter, spike_probe
     from hybridtune.trainers.loop import build_learners, make_accelerator
@@ -62,8 +60,7 @@ def run_continual(cfg: RunConfig, section: ContinualSection | None = None, *,
         domains = build_domains(section.domains, cfg.data, tokenizer, corpora)
     for d in domains:
         say(f"domain {d.name}: {d.info.get('train_tokens')} training tokens, {d.info.get('eval_tokens')} held out")
-    base = load_model(cfg.model.name, dtype=getattr(torch, cfg.model.dtype), attention=cfg.model.attention)
-    base = base.to(acc.device)
+    base = load_base(cfg.model).to(acc.device)
     snn, cache = cached_conversion(base, cfg.conversion, tokenizer, acc, use_cache=use_cache)
     say(f"conversion: {'loaded from cache' if cache['hit'] else 'converted'}")
     set_seed(cfg.trainer.seed)  # the adapter's initialisation does not depend on what ran before

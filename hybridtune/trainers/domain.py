@@ -95,7 +95,7 @@ def run_domain_adaptation(cfg: RunConfig, *, echo: Callable[[str], None] | None 
     ``callbacks`` are added to the trainer's (e.g. the CLI's time estimate)."""
     from accelerate.utils import set_seed
 
-    from ..models import ModelLoadError, load_model, load_tokenizer, model_fingerprint, resolve_source
+    from ..models import ModelLoadError, load_base, load_tokenizer, model_fingerprint, resolve_source
 
     started = time.perf_counter()
     # Everything that can be checked cheaply fails before the output directory is touched.
@@ -119,8 +119,7 @@ def run_domain_adaptation(cfg: RunConfig, *, echo: Callable[[str], None] | None 
         train, held, data_info = build_data(cfg.data, tokenizer, corpora)
     say(f"data: {data_info['train']} ({data_info['train_tokens']} training tokens), held out: "
         f"{data_info['eval']} ({data_info['eval_tokens']} tokens)")
-    base = load_model(cfg.model.name, dtype=getattr(torch, cfg.model.dtype), attention=cfg.model.attention)
-    base = base.to(acc.device)
+    base = load_base(cfg.model).to(acc.device)
     fingerprint = model_fingerprint(base)
     eval_tensors = held.as_dict()
     pipeline_path = run.path / PIPELINE_FILE
